@@ -1,0 +1,55 @@
+# xhs-profiles: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+VENV := .venv
+BIN := $(VENV)/bin
+PY ?= python3
+IDS ?= data/sample_ids.csv
+OUT ?= out
+ARGS ?=
+
+.PHONY: help uv install run test lint format bench soak clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-9s %s\n", $$1, $$2}'
+
+uv: # uv itself, installed with pip when the machine has none
+	@command -v $(UV) >/dev/null 2>&1 || $(PY) -m pip install --quiet --user uv || $(PY) -m pip install --quiet uv
+	@command -v $(UV) >/dev/null 2>&1 || { echo "uv is not installed and pip could not install it" >&2; exit 1; }
+
+$(BIN)/xhs-profiles: pyproject.toml uv.lock | uv
+	$(UV) sync --locked --group dev
+	@touch $@
+
+install: $(BIN)/xhs-profiles ## build .venv with the console script xhs-profiles (and the dev tools)
+
+run: install ## run the main job (no JUSTONEAPI_TOKEN: the built-in sandbox on data/sample_ids.csv)
+	@if [ -n "$$JUSTONEAPI_TOKEN" ]; then \
+	  $(BIN)/xhs-profiles run $(IDS) --out $(OUT) $(ARGS); \
+	else \
+	  $(BIN)/xhs-profiles run $(IDS) --out $(OUT) --sandbox $(ARGS); \
+	fi
+
+test: install lint ## lint, type-check and run every test
+	$(BIN)/pytest -q
+
+lint: install ## ruff (lint + format check), mypy and the import contracts
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: install ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix pipeline tests bench
+	$(BIN)/ruff format pipeline tests bench
+
+bench: install ## the benchmark: figures and ratios against the naive loop and dlt, into bench/RESULTS.md
+	$(UV) sync --locked --group dev --group bench
+	$(BIN)/python -m bench
+
+soak: install ## 50 random SIGKILLs and resumes against the sandbox
+	$(BIN)/pytest -q tests/test_crash.py -k soak --soak-kills 50 -p no:randomly
+
+clean: ## remove .venv, out/ and caches
+	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,128 @@
+"""The frozen configuration of one run, validated before anything is read or called.
+
+``RunConfig`` is built by the CLI from its options (or by tests directly) and passed, whole and
+immutable, to ``runner.run``.  Validation lives here, not in click, so every entry point gets
+the same rules and the same one-line ``UsageError`` messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+from urllib.parse import urlsplit
+
+from pipeline.errors import UsageError
+
+DEFAULT_BASE_URL: Final = "https://api.justoneapi.com"
+REGION_HOSTS: Final = {
+    "global": "https://api.justoneapi.com",
+    # The vendor's documented mainland-China host: plain HTTP, so the token is cleartext on the wire.
+    "cn": "http://47.117.133.51:30015",
+}
+TOKEN_ENV: Final = "JUSTONEAPI_TOKEN"
+BASE_URL_ENV: Final = "JUSTONEAPI_BASE_URL"
+ApiVersion = Literal["v4", "v3"]
+API_VERSIONS: Final[tuple[ApiVersion, ...]] = ("v4", "v3")
+ID_PATTERN: Final = re.compile(r"[0-9a-f]{24}")
+
+
+class Secret:
+    """A string that never shows itself: ``repr``/``str`` mask it, ``reveal()`` gives it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """Everything one run needs.  ``repr`` is safe to log: the token is a ``Secret``."""
+
+    input_path: Path
+    out_dir: Path
+    token: Secret
+    base_url: str = DEFAULT_BASE_URL
+    api_version: ApiVersion = "v4"
+    id_column: str | None = None
+    snapshot_date: dt.date = dataclasses.field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).date()
+    )
+    concurrency: int = 16
+    rate: float | None = None  # requests per second across all workers; None: no cap given
+    max_attempts: int = 5
+    timeout: float = 60.0  # seconds; the vendor advises at least 60
+    progress: bool = True
+    max_calls: int | None = None
+    dry_run: bool = False
+    batch_rows: int = 5000  # fetched profiles per Parquet part before compaction
+    max_body_bytes: int = 5 * 1024 * 1024
+    sandbox: bool = False  # running against the built-in sandbox (set by the CLI, for messages)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_url", validate_base_url(self.base_url))
+        if self.api_version not in API_VERSIONS:
+            raise UsageError(f"--api-version must be one of {', '.join(API_VERSIONS)}")
+        _at_least("--concurrency", self.concurrency, 1)
+        _at_least("--max-attempts", self.max_attempts, 1)
+        _at_least("--batch-rows", self.batch_rows, 1)
+        if self.max_calls is not None:
+            _at_least("--max-calls", self.max_calls, 0)
+        if self.rate is not None and not self.rate > 0:
+            raise UsageError(f"--rate must be a positive number of requests per second, got {self.rate}")
+        if not self.timeout > 0:
+            raise UsageError(f"--timeout must be a positive number of seconds, got {self.timeout}")
+        if not self.token:
+            raise UsageError(f"no API token: set {TOKEN_ENV} (or pass --token)")
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"{self.base_url}/api/xiaohongshu/get-user/{self.api_version}"
+
+
+def _at_least(option: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise UsageError(f"{option} must be at least {minimum}, got {value}")
+
+
+def validate_base_url(url: str) -> str:
+    """Accept only http(s) URLs with a host; return it without a trailing slash."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--base-url must be an http:// or https:// URL, got {url!r}")
+    if parts.query or parts.fragment:
+        raise UsageError(f"--base-url must not carry a query or fragment, got {url!r}")
+    return url.strip().rstrip("/")
+
+
+def parse_snapshot_date(text: str) -> dt.date:
+    """``YYYY-MM-DD`` only: the partition folder name must be unambiguous."""
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError(text)
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"--snapshot-date must be a date as YYYY-MM-DD, got {text!r}"
+        ) from None

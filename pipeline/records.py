@@ -1,0 +1,57 @@
+"""Small immutable records that cross step boundaries (client → state → flatten/sink).
+
+They live here, beside ``config`` and ``errors``, so that no step imports another step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedProfile:
+    """One successful response, as stored in the state and fed to ``flatten``.
+
+    ``data`` is the envelope's ``data`` object serialized as compact UTF-8 JSON; it is what
+    ``raw_json`` holds, so nothing the API sent about the user is lost.
+    """
+
+    user_id: str
+    data: bytes
+    request_id: str | None
+    fetched_at: dt.datetime  # aware, UTC
+
+
+@dataclass(frozen=True, slots=True)
+class InputRow:
+    """One non-blank cell of the input's id column.
+
+    ``user_id`` is the normalized 24-hex id, or None when the cell is not a valid id; then
+    ``reason`` says why (it goes to failures.csv with code 400, and the cell is never sent).
+    """
+
+    line: int  # 1-based line of the CSV record (the header, if any, is line 1)
+    raw: str
+    user_id: str | None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One row of failures.csv."""
+
+    user_id: str
+    code: int | None
+    message: str
+    attempts: int
+    last_attempt_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A Parquet file of one table that the state records as part of the snapshot."""
+
+    table: str
+    path: str  # relative to --out, with forward slashes
+    rows: int
