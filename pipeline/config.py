@@ -20,7 +20,8 @@ from pipeline.errors import UsageError
 DEFAULT_BASE_URL: Final = "https://api.justoneapi.com"
 REGION_HOSTS: Final = {
     "global": "https://api.justoneapi.com",
-    # The vendor's documented mainland-China host: plain HTTP, so the token is cleartext on the wire.
+    # The vendor's documented mainland-China host: plain HTTP, so the token is cleartext on the
+    # wire.
     "cn": "http://47.117.133.51:30015",
 }
 TOKEN_ENV: Final = "JUSTONEAPI_TOKEN"
@@ -90,7 +91,9 @@ class RunConfig:
         if self.max_calls is not None:
             _at_least("--max-calls", self.max_calls, 0)
         if self.rate is not None and not self.rate > 0:
-            raise UsageError(f"--rate must be a positive number of requests per second, got {self.rate}")
+            raise UsageError(
+                f"--rate must be a positive number of requests per second, got {self.rate}"
+            )
         if not self.timeout > 0:
             raise UsageError(f"--timeout must be a positive number of seconds, got {self.timeout}")
         if not self.token:
@@ -123,6 +126,4 @@ def parse_snapshot_date(text: str) -> dt.date:
             raise ValueError(text)
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise UsageError(
-            f"--snapshot-date must be a date as YYYY-MM-DD, got {text!r}"
-        ) from None
+        raise UsageError(f"--snapshot-date must be a date as YYYY-MM-DD, got {text!r}") from None

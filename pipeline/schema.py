@@ -108,7 +108,14 @@ def markdown() -> str:
     """The data dictionary as Markdown, for the README."""
     lines: list[str] = []
     for table in TABLES:
-        lines += [f"#### `{table.name}`", "", table.doc, "", "| column | type | meaning |", "|---|---|---|"]
+        lines += [
+            f"#### `{table.name}`",
+            "",
+            table.doc,
+            "",
+            "| column | type | meaning |",
+            "|---|---|---|",
+        ]
         lines += [f"| `{c.name}` | {c.dtype} | {c.doc} |" for c in table.columns]
         lines.append("")
     return "\n".join(lines)

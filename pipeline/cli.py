@@ -1,0 +1,332 @@
+"""The command line: options → a frozen RunConfig → one call to ``runner.run``; errors → exit codes.
+
+This is the only module that imports click, prints for the user, or decides an exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import httpx
+
+from pipeline import runner
+from pipeline.client import install_log_redaction, redact
+from pipeline.config import (
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    REGION_HOSTS,
+    TOKEN_ENV,
+    RunConfig,
+    Secret,
+    parse_snapshot_date,
+    validate_base_url,
+)
+from pipeline.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_UNEXPECTED,
+    EXIT_USAGE,
+    UsageError,
+    XhsProfilesError,
+)
+from pipeline.progress import make_progress
+from pipeline.sandbox import Sandbox, SandboxConfig, serve
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  completed: every valid id is in the profiles table or in failures.csv
+  1  unexpected error (a bug: please report it with --debug output)
+  2  bad usage or bad input (one-line reason; nothing was called)
+  3  stopped early: the API refused the account (code 100 bad token, 303 daily
+     quota, 600 no permission, 601 no balance) or the endpoint is gone;
+     progress kept, rerun the same command to resume
+  4  --max-calls reached; progress kept, rerun to go on
+  5  output or state could not be written (disk full, I/O error); progress
+     kept, free space and rerun
+  130 interrupted (Ctrl-C / SIGTERM) after finishing the calls in flight
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Seams:
+    """What tests (and embedders) may inject: the HTTP transport used by every call."""
+
+    transport: httpx.AsyncBaseTransport | None = None
+
+
+class _Group(click.Group):
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_paragraph()
+        formatter.write_text(EXIT_CODES_HELP)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="xhs-profiles")
+def cli() -> None:
+    """Fetch Xiaohongshu creator profiles from Just One API into Hive-partitioned Parquet."""
+
+
+@cli.command("run", epilog=EXIT_CODES_HELP)
+@click.argument("input_csv", metavar="INPUT.csv", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output folder: tables, failures, state, run summaries.",
+)
+@click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    show_envvar=True,
+    default=None,
+    help=f"API token; prefer the {TOKEN_ENV} environment variable.",
+)
+@click.option(
+    "--base-url",
+    envvar=BASE_URL_ENV,
+    show_envvar=True,
+    default=None,
+    help=f"API base URL (http or https). Default {DEFAULT_BASE_URL}.",
+)
+@click.option(
+    "--region",
+    type=click.Choice(sorted(REGION_HOSTS)),
+    default=None,
+    help="global: api.justoneapi.com; cn: the documented mainland host (plain HTTP).",
+)
+@click.option("--api-version", type=click.Choice(["v4", "v3"]), default="v4", show_default=True)
+@click.option(
+    "--id-column",
+    default=None,
+    help="Column holding the ids. Default: user_id, userId, userid or id.",
+)
+@click.option(
+    "--snapshot-date",
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="Partition date (dt=...). Default: today, UTC.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1, max=256),
+    default=16,
+    show_default=True,
+    help="Calls in flight at once.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="At most this many requests per second (302s lower it further).",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1, max=50),
+    default=5,
+    show_default=True,
+    help="Attempts per id for retryable failures (301, 500, 503, timeouts).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds per call (the vendor advises 60).",
+)
+@click.option(
+    "--max-calls",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Stop cleanly after this many calls (each is billed); exit 4.",
+)
+@click.option("--dry-run", is_flag=True, help="Print how many calls the run would make; make none.")
+@click.option(
+    "--batch-rows",
+    type=click.IntRange(min=1),
+    default=5000,
+    show_default=True,
+    help="Profiles per Parquet part before compaction.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@click.option(
+    "--sandbox",
+    "use_sandbox",
+    is_flag=True,
+    help="Run against the built-in sandbox API on 127.0.0.1 (no real calls).",
+)
+@click.option("--debug", is_flag=True, help="Debug logging (tokens masked) and tracebacks.")
+@click.pass_obj
+def run_command(obj: Seams | None, /, **options: Any) -> None:
+    """Fetch the profiles of the ids in INPUT.csv into --out (resumes a killed run)."""
+    debug = bool(options.pop("debug"))
+    _configure_logging(debug)
+    use_sandbox = bool(options.pop("use_sandbox"))
+    sandbox: Sandbox | None = None
+    try:
+        if use_sandbox:
+            sandbox = Sandbox(
+                SandboxConfig.from_options(latency=(0.01, 0.05), fault_mix="301:0.1,500:0.05")
+            )
+            options["base_url"] = sandbox.start()
+            options["token"] = sandbox.config.token
+            click.echo(
+                f"Running against the built-in sandbox API at {options['base_url']} "
+                "(no real calls, no token needed).",
+                err=True,
+            )
+        config = _make_config(options, sandbox=use_sandbox)
+        progress = make_progress(not options["no_progress"] and not config.dry_run)
+        report = runner.run(config, transport=obj.transport if obj else None, progress=progress)
+    except XhsProfilesError as exc:
+        _fail(exc.exit_code, str(exc))
+    except KeyboardInterrupt:
+        _fail(EXIT_INTERRUPTED, "interrupted; progress kept, rerun the same command to resume")
+    except Exception as exc:
+        if debug:
+            click.echo(redact(traceback.format_exc()), err=True)
+        _fail(
+            EXIT_UNEXPECTED,
+            f"unexpected error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+        )
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+    _print_report(report)
+    if report.stopped_by is not None:
+        _fail(report.stopped_by.exit_code, f"stopped: {report.stopped_by}")
+    if report.interrupted:
+        _fail(EXIT_INTERRUPTED, "interrupted; progress kept, rerun the same command to resume")
+
+
+def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
+    base_url = options["base_url"]
+    if options["region"] is not None:
+        if base_url is not None and not sandbox:
+            raise UsageError("give --region or --base-url, not both")
+        base_url = base_url if sandbox else REGION_HOSTS[options["region"]]
+    snapshot = options["snapshot_date"]
+    extra: dict[str, Any] = {}
+    if snapshot is not None:
+        extra["snapshot_date"] = parse_snapshot_date(snapshot)
+    return RunConfig(
+        input_path=options["input_csv"],
+        out_dir=options["out_dir"],
+        token=Secret(options["token"] or ""),
+        base_url=validate_base_url(base_url or DEFAULT_BASE_URL),
+        api_version=options["api_version"],
+        id_column=options["id_column"],
+        concurrency=options["concurrency"],
+        rate=options["rate"],
+        max_attempts=options["max_attempts"],
+        timeout=options["timeout"],
+        progress=not options["no_progress"],
+        max_calls=options["max_calls"],
+        dry_run=options["dry_run"],
+        batch_rows=options["batch_rows"],
+        sandbox=sandbox,
+        **extra,
+    )
+
+
+def _print_report(report: runner.RunReport) -> None:
+    s = report.summary
+    if s.get("outcome") == "dry_run":
+        click.echo(
+            f"dry run: {s['calls_planned']:,} ids would be called "
+            f"(snapshot {s['snapshot_date']}, {s['out']}); no call made"
+        )
+        return
+    snap, req = s["snapshot"], s["requests"]
+    click.echo(
+        f"snapshot {s['snapshot_date']}: {snap.get('written', 0):,} profiles, "
+        f"{snap.get('failed', 0) + snap.get('rejected', 0):,} failed, "
+        f"{snap.get('pending', 0):,} pending"
+    )
+    click.echo(
+        f"this run: {req['calls']:,} calls, {req['fetched']:,} fetched, {req['failed']:,} failed, "
+        f"{req['retried']:,} retried, {req['rate_limited']:,} rate-limited, {s['duration_s']:.1f} s"
+    )
+    click.echo(f"output: {s['out']}  (failures: {s['failures_file']}, {s['failures_rows']:,} rows)")
+
+
+def _configure_logging(debug: bool) -> None:
+    install_log_redaction()
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    click.echo(f"xhs-profiles: {redact(message)}", err=True)
+    sys.exit(code)
+
+
+@cli.command("sandbox")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True)
+@click.option("--token", default="sandbox", show_default=True, help="The one valid token.")
+@click.option(
+    "--latency",
+    default="0",
+    show_default=True,
+    metavar="MIN[:MAX]",
+    help="Seconds per response, uniform between MIN and MAX.",
+)
+@click.option("--rate-limit", type=float, default=None, help="Requests/s before code 302.")
+@click.option("--retry-after", type=float, default=None, help="Retry-After seconds on 302.")
+@click.option("--daily-quota", type=int, default=None, help="Successful calls before code 303.")
+@click.option(
+    "--faults",
+    default="",
+    metavar="MODE:P,...",
+    help="Chance of each fault mode on an id's first call, e.g. 301:0.05,reset:0.02.",
+)
+@click.option("--never-succeed", type=float, default=0.0, help="Share of ids that always fail.")
+@click.option("--script", default="", metavar="ID=MODE,MODE;...", help="Scripted answers per id.")
+@click.option(
+    "--gone",
+    multiple=True,
+    type=click.Choice(["v3", "v4"]),
+    help="Answer HTTP 404 for this API version.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def sandbox_command(host: str, port: int, latency: str, **options: Any) -> None:
+    """Serve a realistic fake of get-user/v4 (and v3) on HOST:PORT until Ctrl-C."""
+    lo, _, hi = latency.partition(":")
+    try:
+        config = SandboxConfig.from_options(
+            token=options["token"],
+            latency=(float(lo), float(hi or lo)),
+            rate_limit=options["rate_limit"],
+            retry_after=options["retry_after"],
+            daily_quota=options["daily_quota"],
+            fault_mix=options["faults"],
+            never_succeed=options["never_succeed"],
+            scripts=options["script"],
+            gone_versions=frozenset(options["gone"]),
+            seed=options["seed"],
+        )
+    except ValueError as exc:
+        _fail(EXIT_USAGE, f"sandbox: {exc}")
+    click.echo(
+        f"sandbox API on http://{host}:{port} (token {config.token!r}); Ctrl-C stops it", err=True
+    )
+    try:
+        asyncio.run(serve(config, host, port))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        _fail(EXIT_USAGE, f"sandbox: cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+def main() -> None:
+    cli(obj=Seams())

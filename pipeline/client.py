@@ -1,0 +1,486 @@
+"""One call to Just One API's get-user endpoint for one id, classified into a profile or an error.
+
+``ProfileClient.fetch`` makes exactly one HTTP call (after taking its turn from the shared
+``RateController``) and never retries: retry scheduling lives in the fetch loop, whose
+not-before heap keeps a waiting id from holding a concurrency slot.  That is why tenacity and
+stamina (which retry in-line, holding the slot) are not used; ``backoff_delay`` gives the loop
+its waits.
+
+How an answer is classified (first matching row wins):
+
+=====================================================  ========================================
+what came back                                         result
+=====================================================  ========================================
+id not 24 lowercase hex (``config.ID_PATTERN``)        PermanentError(400), nothing is sent
+any ``httpx.TimeoutException``                         TransientError(-1) "timed out after Ns
+                                                       (read|connect|write|pool)"
+no complete answer within ``total_timeout``            TransientError(-1) (a drip-fed body)
+other transport fault (connect error, reset,           TransientError(-1), short description,
+truncated body or chunked read, bad encoding)          no URL
+body over ``max_body_bytes`` (decoded)                 PermanentError(-1) "response body larger
+                                                       than 5 MB"; reading stops there
+body not JSON (HTML page, truncated, invalid, nested
+too deep) and HTTP 404                                 EndpointGoneError: try the other
+                                                       ``--api-version``
+... and HTTP 200, 429 or >= 500                        TransientError(-1) "HTTP 502 with a
+                                                       non-JSON body"
+... any other HTTP status (redirects included)         PermanentError(-1)
+JSON without a usable ``code`` and HTTP 404            EndpointGoneError
+JSON that is not an object, or ``code`` missing or     TransientError(-1) "response has no
+not an int / numeric string                            business code"
+code 0, ``data.result.success`` is false               PermanentError(0) with result.message
+code 0, ``data`` has a non-empty string ``userid``     FetchedProfile
+code 0, anything else (``data`` null, empty, ...)      PermanentError(0) "no profile ..."
+code 302                                               limiter.on_rate_limited(Retry-After
+                                                       seconds, capped at 300), then
+                                                       RateLimitedError(retry_after)
+code 301, 500, 503                                     TransientError(code)
+code 100, 303, 600, 601                                AccountError(code) saying what to do
+code 400                                               PermanentError(400), the API's message
+code 404                                               PermanentError(404) "no such user"
+any other code                                         PermanentError(code) "unexpected
+                                                       business code N: <message>"
+=====================================================  ========================================
+
+The HTTP status never decides when the body is JSON: the vendor sends 4xx/5xx with the same
+envelope.  Every JSON answer other than 302 tells the limiter the rate was accepted
+(``on_success``), whatever its code; both limiter calls carry the send time ``acquire``
+returned, so the limiter can tell stale 302s from fresh ones and measure the round trip.
+
+Rules:
+- The token travels only in the query (httpx ``params=``; the URL is never string-formatted).
+  It never goes into a message: httpx exceptions (whose text and ``request`` carry the URL)
+  are replaced, not chained (raised outside the ``except`` block, so neither ``__cause__`` nor
+  ``__context__`` holds them); the API's own ``message`` is echoed on one line, at most 200
+  characters, with anything token-like masked.  ``install_log_redaction`` masks it in httpx's
+  and httpcore's log records.
+- Bodies are parsed with orjson.  Bodies orjson refuses (NaN, lone surrogates, over 1024 levels)
+  and bodies holding a run of 19+ digits (orjson turns integers over 64 bits into floats
+  silently) go to the stdlib parser, which keeps integers longer than 18 digits as strings
+  (no int-str limit, no precision loss) and NaN/Infinity as null.
+- ``FetchedProfile.data`` is the ``data`` object re-serialized compactly as UTF-8 JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.utils
+import importlib.metadata
+import json
+import logging
+import math
+import random
+import re
+from collections.abc import Callable
+from typing import Final
+
+import httpx
+import orjson
+
+from pipeline.config import ID_PATTERN, Secret
+from pipeline.errors import (
+    CODE_INVALID_INPUT,
+    CODE_NO_RESPONSE,
+    CODE_UNAVAILABLE,
+    AccountError,
+    EndpointGoneError,
+    FetchError,
+    PermanentError,
+    RateLimitedError,
+    TransientError,
+)
+from pipeline.ratelimit import RateController
+from pipeline.records import FetchedProfile
+
+MAX_RETRY_AFTER: Final = 300.0  # seconds; a longer Retry-After would stall every worker
+MAX_API_MESSAGE: Final = 200
+_TOKEN_IN_TEXT: Final = re.compile(r"(token=)[^&\s\"']*", re.IGNORECASE)
+_URL_IN_TEXT: Final = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+_LONG_DIGIT_RUN: Final = re.compile(rb"[0-9]{19,}")
+_NUMERIC_CODE: Final = re.compile(r"-?[0-9]{1,9}")
+_REDACTED_LOGGERS: Final = (
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+_TRANSIENT_CODES: Final = {
+    301: "collection failed",
+    500: "internal server error",
+    503: "service unavailable",
+}
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("xhs-profiles")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+USER_AGENT: Final = f"xhs-profiles/{_version()}"
+
+
+def make_http_client(
+    *, concurrency: int, timeout: float, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """An ``AsyncClient`` with a keep-alive pool of ``concurrency`` connections.
+
+    ``timeout`` bounds connect, read, write and waiting for a pooled connection.  Redirects are
+    not followed (the API never redirects; a redirect means a wrong ``--base-url``).  A given
+    ``transport`` brings its own pool, so the pool limits then do not apply.
+    """
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout),
+        limits=limits,
+        follow_redirects=False,
+        headers={"User-Agent": USER_AGENT},
+        transport=transport,
+    )
+
+
+class ProfileClient:
+    """Fetches one profile per call; ``calls`` counts calls started (what is billed)."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        endpoint_url: str,
+        token: Secret,
+        limiter: RateController,
+        max_body_bytes: int = 5 * 1024 * 1024,
+        total_timeout: float | None = None,
+    ) -> None:
+        """``total_timeout`` caps a whole call (default: twice the longest httpx timeout).
+
+        httpx's read timeout applies to each read, so a body dripped a byte at a time would
+        otherwise never time out.
+        """
+        self._http = http
+        self._url = endpoint_url
+        self._token = token
+        self._limiter = limiter
+        self._max_body_bytes = max_body_bytes
+        self._total_timeout = total_timeout if total_timeout is not None else _deadline(http)
+        self._version = endpoint_url.rstrip("/").rsplit("/", 1)[-1]
+        self.calls = 0
+
+    def __repr__(self) -> str:
+        return f"ProfileClient(endpoint_url={self._url!r}, calls={self.calls})"
+
+    async def fetch(self, user_id: str) -> FetchedProfile:
+        """One call for ``user_id``: a profile, or a ``FetchError``/``StopRun`` subclass."""
+        if not ID_PATTERN.fullmatch(user_id):
+            raise PermanentError(
+                "not a valid user id (24 lowercase hex characters): never sent",
+                code=CODE_INVALID_INPUT,
+            )
+        sent_at = await self._limiter.acquire()
+        self.calls += 1
+        status, retry_after, body = await self._exchange(user_id)
+        parsed = _parse_json(body)
+        if parsed is None:
+            raise self._non_json_error(status)
+        envelope, via_stdlib = parsed
+        code = _business_code(envelope.get("code")) if isinstance(envelope, dict) else None
+        if code is None or not isinstance(envelope, dict):
+            if status == 404:
+                raise self._endpoint_gone()
+            raise TransientError("response has no business code", code=CODE_NO_RESPONSE)
+        message = self._api_message(envelope.get("message"))
+        if code == 302:
+            seconds = _parse_retry_after(retry_after)
+            self._limiter.on_rate_limited(seconds, sent_at=sent_at)
+            raise RateLimitedError(
+                _with(f"rate limited (code {code})", message), retry_after=seconds
+            )
+        self._limiter.on_success(sent_at=sent_at)
+        if code == 0:
+            return self._profile(user_id, envelope, via_stdlib)
+        raise self._business_error(code, message)
+
+    async def _exchange(self, user_id: str) -> tuple[int, str | None, bytes]:
+        """Send the request; return (HTTP status, Retry-After header, body)."""
+        failure: FetchError
+        try:
+            async with asyncio.timeout(self._total_timeout):
+                params = {"token": self._token.reveal(), "userId": user_id}
+                async with self._http.stream("GET", self._url, params=params) as response:
+                    body = await self._read_capped(response)
+                    return response.status_code, response.headers.get("retry-after"), body
+        except httpx.TimeoutException as exc:
+            failure = TransientError(self._timeout_message(exc), code=CODE_NO_RESPONSE)
+        except TimeoutError:
+            failure = TransientError(
+                f"no complete answer within {self._total_timeout:g}s", code=CODE_NO_RESPONSE
+            )
+        except httpx.RequestError as exc:
+            failure = TransientError(self._transport_message(exc), code=CODE_NO_RESPONSE)
+        # Raised here, outside the except blocks, so the httpx error (whose message and
+        # request hold the URL with the token) is neither __cause__ nor __context__.
+        raise failure from None
+
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        too_large = PermanentError(
+            f"response body larger than {_size(self._max_body_bytes)}", code=CODE_NO_RESPONSE
+        )
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_body_bytes:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        # aiter_bytes decodes gzip/deflate, so the cap is on what would be held in memory.
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self._max_body_bytes:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _profile(
+        self, user_id: str, envelope: dict[str, object], via_stdlib: bool
+    ) -> FetchedProfile:
+        data = envelope.get("data")
+        if isinstance(data, dict):
+            result = data.get("result")
+            if isinstance(result, dict) and result.get("success") is False:
+                reason = self._api_message(result.get("message")) or "result.success is false"
+                raise PermanentError(f"no profile in the answer: {reason}", code=CODE_UNAVAILABLE)
+            userid = data.get("userid")
+            if isinstance(userid, str) and userid.strip():
+                serialized = _serialize(data, via_stdlib)
+                if serialized is None:
+                    raise PermanentError(
+                        "the profile is nested too deep to store", code=CODE_NO_RESPONSE
+                    )
+                request_id = envelope.get("requestId")
+                return FetchedProfile(
+                    user_id=user_id,
+                    data=serialized,
+                    request_id=request_id if isinstance(request_id, str) else None,
+                    fetched_at=dt.datetime.now(dt.UTC),
+                )
+        raise PermanentError(
+            "no profile in the answer (data empty: the account may be deleted, banned or private)",
+            code=CODE_UNAVAILABLE,
+        )
+
+    def _business_error(self, code: int, message: str) -> FetchError | AccountError:
+        if code in _TRANSIENT_CODES:
+            return TransientError(
+                _with(f"{_TRANSIENT_CODES[code]} (code {code})", message), code=code
+            )
+        if code == 100:
+            return AccountError(
+                code, "token invalid or inactive (code 100): check JUSTONEAPI_TOKEN"
+            )
+        if code == 303:
+            return AccountError(
+                code,
+                "daily quota exceeded (code 303): rerun after the quota resets; progress is kept",
+            )
+        if code == 600:
+            return AccountError(
+                code,
+                f"permission denied (code 600): this token may not call get-user/{self._version}",
+            )
+        if code == 601:
+            return AccountError(
+                code,
+                "insufficient balance (code 601): top up the account, then rerun; progress is kept",
+            )
+        if code == 400:
+            return PermanentError(message or "invalid parameters", code=400)
+        if code == 404:
+            return PermanentError("no such user", code=404)
+        return PermanentError(_with(f"unexpected business code {code}", message), code=code)
+
+    def _non_json_error(self, status: int) -> FetchError | EndpointGoneError:
+        if status == 404:
+            return self._endpoint_gone()
+        text = f"HTTP {status} with a non-JSON body"
+        if status in (200, 429) or status >= 500:
+            return TransientError(text, code=CODE_NO_RESPONSE)
+        if 300 <= status < 400:
+            text += " (a redirect, which is not followed: check --base-url)"
+        return PermanentError(text, code=CODE_NO_RESPONSE)
+
+    def _endpoint_gone(self) -> EndpointGoneError:
+        alternative = {"v4": "v3", "v3": "v4"}.get(self._version)
+        hint = f"try --api-version {alternative}" if alternative else "check --base-url"
+        return EndpointGoneError(
+            f"the get-user/{self._version} endpoint answered HTTP 404: "
+            f"it may have been removed; {hint}"
+        )
+
+    def _api_message(self, value: object) -> str:
+        """The API's own text, safe to echo: one line, at most 200 characters, no token."""
+        if not isinstance(value, str):
+            return ""
+        text = " ".join(value.split())
+        secret = self._token.reveal()
+        if secret:
+            text = text.replace(secret, "***")
+        text = redact(text)
+        if len(text) > MAX_API_MESSAGE:
+            text = text[: MAX_API_MESSAGE - 1] + "…"
+        return text
+
+    def _timeout_message(self, exc: httpx.TimeoutException) -> str:
+        phases: dict[type[httpx.TimeoutException], str] = {
+            httpx.ConnectTimeout: "connect",
+            httpx.ReadTimeout: "read",
+            httpx.WriteTimeout: "write",
+            httpx.PoolTimeout: "pool",
+        }
+        phase = next((p for cls, p in phases.items() if isinstance(exc, cls)), "read")
+        seconds = getattr(self._http.timeout, phase)
+        if seconds is None:
+            return f"timed out ({phase})"
+        return f"timed out after {seconds:g}s ({phase})"
+
+    def _transport_message(self, exc: httpx.RequestError) -> str:
+        kinds: tuple[tuple[type[httpx.RequestError], str], ...] = (
+            (httpx.ConnectError, "could not connect to the API"),
+            (httpx.ReadError, "connection broken while reading the answer"),
+            (httpx.WriteError, "connection broken while sending the request"),
+            (httpx.RemoteProtocolError, "connection closed mid-answer (truncated or malformed)"),
+            (httpx.LocalProtocolError, "could not send a valid HTTP request"),
+            (httpx.ProxyError, "proxy error"),
+            (httpx.DecodingError, "could not decode the compressed body"),
+        )
+        what = next((text for cls, text in kinds if isinstance(exc, cls)), "transport error")
+        detail = " ".join(str(exc).split())
+        secret = self._token.reveal()
+        if secret:
+            detail = detail.replace(secret, "***")
+        detail = _URL_IN_TEXT.sub("<url>", redact(detail))[:120]
+        return f"{what}: {detail}" if detail else what
+
+
+def backoff_delay(
+    attempt: int, *, base: float = 1.0, cap: float = 60.0, rng: Callable[[], float] = random.random
+) -> float:
+    """Exponential back-off with full jitter: uniform in [0, min(cap, base * 2**(attempt-1)))."""
+    exponent = min(max(attempt, 1) - 1, 64)  # no float overflow however many attempts
+    return rng() * min(cap, base * 2.0**exponent)
+
+
+def redact(text: str) -> str:
+    """Replace ``token=<value>`` (up to ``&``, whitespace or a quote) with ``token=***``."""
+    return _TOKEN_IN_TEXT.sub(r"\1***", text)
+
+
+class _RedactTokenFilter(logging.Filter):
+    """Rewrites the formatted message before any handler sees the record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True  # a malformed record: logging reports it; nothing to redact reliably
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def install_log_redaction() -> None:
+    """Mask the token in httpx's and httpcore's log records (idempotent).
+
+    A logger's filters only see records created on that logger, not its children's, so each
+    httpcore child logger gets the filter too.
+    """
+    for name in _REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactTokenFilter) for f in logger.filters):
+            logger.addFilter(_RedactTokenFilter())
+
+
+def _deadline(http: httpx.AsyncClient) -> float | None:
+    timeout = http.timeout
+    phases = [t for t in (timeout.connect, timeout.read, timeout.write, timeout.pool) if t]
+    return 2 * max(phases) if phases else None
+
+
+def _parse_json(body: bytes) -> tuple[object, bool] | None:
+    """(value, parsed by the stdlib fallback), or None when the body is not usable JSON."""
+    if not _LONG_DIGIT_RUN.search(body):
+        try:
+            return orjson.loads(body), False
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        return json.loads(body, parse_int=_int_or_digits, parse_constant=_no_constant), True
+    except (ValueError, RecursionError):
+        return None
+
+
+def _int_or_digits(text: str) -> int | str:
+    # Over 18 digits an int may exceed int64 (and past 4300 Python refuses to convert it).
+    return text if len(text.lstrip("-")) > 18 else int(text)
+
+
+def _no_constant(_name: str) -> None:
+    return None
+
+
+def _serialize(data: dict[str, object], via_stdlib: bool) -> bytes | None:
+    if not via_stdlib:
+        try:
+            return orjson.dumps(data)
+        except orjson.JSONEncodeError:
+            pass  # deeper than orjson writes (254 levels): the stdlib may still manage
+    try:
+        try:
+            return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+        except UnicodeEncodeError:
+            # A lone surrogate ("\ud800") cannot be UTF-8: keep it escaped instead.
+            return json.dumps(data, separators=(",", ":")).encode()
+    except (ValueError, RecursionError):
+        return None
+
+
+def _business_code(code: object) -> int | None:
+    if isinstance(code, bool):
+        return None
+    if isinstance(code, int):
+        return code
+    if isinstance(code, str) and _NUMERIC_CODE.fullmatch(code.strip()):
+        return int(code.strip())
+    return None
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), capped."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _with(summary: str, message: str) -> str:
+    return f"{summary}: {message}" if message else summary
+
+
+def _size(limit: int) -> str:
+    mib = 1024 * 1024
+    return f"{limit // mib} MB" if limit % mib == 0 else f"{limit} bytes"

@@ -1,0 +1,226 @@
+"""The fetch loop: a fixed pool of workers, a not-before heap for retries, one shared limiter.
+
+Rules:
+1. At most ``concurrency`` calls are in flight.  An id waiting out its back-off sits in a heap,
+   not in a worker, so retries never hold up other ids.
+2. Every call goes through ``ProfileClient.fetch``, which takes its turn from the shared rate
+   controller first: first attempts and retries alike.
+3. Outcomes are recorded in the ledger (the SQLite state) the moment they arrive; a success is
+   committed before it counts as done, so a kill loses at most the calls in flight.
+4. 302 costs the id no attempt (the limiter slows everyone down); 301/500/503/transport faults
+   cost one and come back after ``backoff_delay``; when attempts run out the id is failed as
+   retryable (a rerun tries it again); permanent errors fail it for good.
+5. An account-level error (or a gone endpoint) stops dispatching at once; the calls already in
+   flight finish and are recorded; the error is raised after they have.  ``max_calls`` and a
+   stop request (SIGINT/SIGTERM) stop dispatching the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pipeline.client import ProfileClient, backoff_delay
+from pipeline.errors import (
+    CallBudgetExhausted,
+    PermanentError,
+    RateLimitedError,
+    StopRun,
+    TransientError,
+)
+from pipeline.progress import Tally
+from pipeline.records import FetchedProfile
+
+
+class PendingLike(Protocol):
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+
+
+class Ledger(Protocol):
+    """Where outcomes go (``state.State`` in production)."""
+
+    def record_success(self, profile: FetchedProfile, attempts: int) -> None: ...
+    def record_retry(self, user_id: str, attempts: int, code: int | None, message: str) -> None: ...
+    def record_failure(
+        self, user_id: str, attempts: int, code: int | None, message: str, *, retryable: bool
+    ) -> None: ...
+
+
+@dataclass(order=True, slots=True)
+class _Retry:
+    due: float
+    seq: int
+    user_id: str = field(compare=False)
+    attempts: int = field(compare=False)
+
+
+@dataclass(slots=True)
+class FetchOutcome:
+    """What the loop did; ``stopped_by`` is the error that ended it early, if any."""
+
+    tally: Tally
+    stopped_by: BaseException | None = None
+    interrupted: bool = False
+
+
+class Fetcher:
+    def __init__(
+        self,
+        client: ProfileClient,
+        ledger: Ledger,
+        *,
+        concurrency: int,
+        max_attempts: int,
+        max_calls: int | None = None,
+        on_success: Callable[[], None] = lambda: None,
+        on_progress: Callable[[Tally], None] = lambda _t: None,
+        rate: Callable[[], float | None] = lambda: None,
+        backoff: Callable[[int], float] = backoff_delay,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._ledger = ledger
+        self._concurrency = concurrency
+        self._max_attempts = max_attempts
+        self._max_calls = max_calls
+        self._on_success = on_success
+        self._on_progress = on_progress
+        self._rate = rate
+        self._backoff = backoff
+        self._clock = clock
+        self._heap: list[_Retry] = []
+        self._seq = itertools.count()
+        self._tally = Tally()
+        self._stop: BaseException | None = None
+        self._interrupted = False
+        self._fatal: Exception | None = None
+        self._wake = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Stop dispatching (SIGINT/SIGTERM); calls in flight still finish and are recorded."""
+        self._interrupted = True
+        self._wake.set()
+
+    async def run(self, pending: Iterator[PendingLike]) -> FetchOutcome:
+        queue: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue(maxsize=1)
+        in_flight = 0
+        budget_spent = False
+
+        async def worker() -> None:
+            nonlocal in_flight
+            while (item := await queue.get()) is not None:
+                try:
+                    if self._stopping():
+                        # Handed over just before the stop: not called, so not counted.
+                        self._tally.calls -= 1
+                        continue
+                    await self._call(*item)
+                except Exception as exc:  # a ledger (disk) error or a bug: stop, then re-raise
+                    if self._fatal is None:
+                        self._fatal = exc
+                finally:
+                    in_flight -= 1
+                    self._wake.set()
+
+        workers = [asyncio.create_task(worker()) for _ in range(self._concurrency)]
+        try:
+            fresh: Iterator[PendingLike] | None = pending
+            while not self._stopping():
+                item = self._next_due()
+                if item is None and fresh is not None:
+                    nxt = next(fresh, None)
+                    if nxt is None:
+                        fresh = None
+                        continue
+                    item = (nxt.user_id, nxt.attempts)
+                if item is None:
+                    if not self._heap and in_flight == 0:
+                        break
+                    await self._sleep_until_due()
+                    continue
+                if self._max_calls is not None and self._tally.calls >= self._max_calls:
+                    budget_spent = True
+                    break
+                self._tally.calls += 1
+                in_flight += 1
+                await queue.put(item)
+        finally:
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+        if self._fatal is not None:
+            raise self._fatal
+        if budget_spent and self._stop is None:
+            self._stop = CallBudgetExhausted(
+                f"--max-calls {self._max_calls} reached; the rest stays pending: "
+                "rerun the same command to go on"
+            )
+        return FetchOutcome(self._tally, self._stop, self._interrupted)
+
+    def _stopping(self) -> bool:
+        return self._stop is not None or self._interrupted or self._fatal is not None
+
+    def _next_due(self) -> tuple[str, int] | None:
+        if self._heap and self._heap[0].due <= self._clock():
+            retry = heapq.heappop(self._heap)
+            return retry.user_id, retry.attempts
+        return None
+
+    async def _sleep_until_due(self) -> None:
+        self._wake.clear()
+        timeout = max(0.0, self._heap[0].due - self._clock()) if self._heap else None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _retry_later(self, user_id: str, attempts: int, delay: float) -> None:
+        heapq.heappush(
+            self._heap, _Retry(self._clock() + delay, next(self._seq), user_id, attempts)
+        )
+        self._wake.set()
+
+    async def _call(self, user_id: str, attempts: int) -> None:
+        tally = self._tally
+        try:
+            profile = await self._client.fetch(user_id)
+        except RateLimitedError:
+            tally.rate_limited += 1
+            # The limiter has already slowed everyone down and paused; no attempt is used.
+            self._retry_later(user_id, attempts, 0.0)
+        except TransientError as exc:
+            attempts += 1
+            if attempts >= self._max_attempts:
+                self._ledger.record_failure(
+                    user_id, attempts, exc.code, exc.message, retryable=True
+                )
+                tally.failed += 1
+                tally.done += 1
+            else:
+                self._ledger.record_retry(user_id, attempts, exc.code, exc.message)
+                tally.retried += 1
+                self._retry_later(user_id, attempts, self._backoff(attempts))
+        except PermanentError as exc:
+            attempts += 1
+            self._ledger.record_failure(user_id, attempts, exc.code, exc.message, retryable=False)
+            tally.failed += 1
+            tally.done += 1
+        except StopRun as exc:
+            # The id stays pending for the next run; only the first such error is reported.
+            if self._stop is None:
+                self._stop = exc
+            self._wake.set()
+        else:
+            self._ledger.record_success(profile, attempts + 1)
+            tally.fetched += 1
+            tally.done += 1
+            self._on_success()
+        tally.rate = self._rate()
+        self._on_progress(tally)

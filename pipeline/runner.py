@@ -1,0 +1,320 @@
+"""One run, start to finish: ids → checkpoint → fetch → flatten → Parquet → failures → manifest.
+
+The commit protocol (why a kill at any moment loses nothing and duplicates nothing):
+1. ``state.ingest`` records every input id as pending (the primary key dedupes), once per file.
+2. Each successful response is committed to the state before it counts as done.
+3. Every ``batch_rows`` fetched profiles (and at the end), ``flatten`` turns the stored bodies into
+   three frames; ``sink.write_part`` puts each in place by temp file + rename; then one state
+   transaction records the parts and marks the ids written.  A part on disk that the state does
+   not know is a crash orphan: deleted at start-up, its ids flushed again from the stored bodies.
+4. At the end small parts are compacted (new file in, swap recorded, old files out), failures.csv
+   is rewritten from the state, and a completed snapshot gets its manifest and ``_SUCCESS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import secrets
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pipeline import sink
+from pipeline.client import ProfileClient, install_log_redaction, make_http_client
+from pipeline.config import RunConfig
+from pipeline.errors import StopRun, UsageError, XhsProfilesError
+from pipeline.fetcher import Fetcher, FetchOutcome
+from pipeline.flatten import flatten
+from pipeline.ids import IdFile, open_id_file
+from pipeline.progress import NoProgress, Progress, Tally
+from pipeline.ratelimit import RateController
+from pipeline.schema import TABLES
+from pipeline.state import State
+
+# Rows per compacted file: about 100 MB of zstd Parquet for profiles with their raw_json.
+COMPACT_TARGET_ROWS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """What the run did.  ``stopped_by`` is the error that ended it early (exit 3 or 4)."""
+
+    summary: dict[str, Any]
+    stopped_by: XhsProfilesError | None = None
+    interrupted: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.summary.get("complete"))
+
+
+def run(
+    config: RunConfig,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    progress: Progress | None = None,
+) -> RunReport:
+    """Run the job described by ``config``; raise UsageError/StorageError, report the rest."""
+    install_log_redaction()
+    started_at = _utcnow()
+    started = time.monotonic()
+    run_id = secrets.token_hex(4)
+    id_file = open_id_file(config.input_path, config.id_column)
+    _check_out_dir(config.out_dir)
+    with State.open(config.out_dir, config.snapshot_date) as state:
+        ingest = _ingest(state, id_file)
+        requeued = state.requeue_retryable()
+        _recover(state, config)
+        pending = state.pending_count()
+        summary: dict[str, Any] = {
+            "run_id": run_id,
+            "tool_version": version("xhs-profiles"),
+            "started_at": _iso(started_at),
+            "snapshot_date": config.snapshot_date.isoformat(),
+            "out": str(config.out_dir),
+            "input": ingest,
+            "api": {"endpoint": config.endpoint_url, "sandbox": config.sandbox},
+            "settings": {
+                "concurrency": config.concurrency,
+                "rate": config.rate,
+                "max_attempts": config.max_attempts,
+                "timeout": config.timeout,
+                "max_calls": config.max_calls,
+                "batch_rows": config.batch_rows,
+            },
+            "requeued_failures": requeued,
+            "pending_at_start": pending,
+        }
+        if config.dry_run:
+            summary.update(outcome="dry_run", calls_planned=pending, complete=False)
+            return RunReport(summary)
+        sink.clear_success(config.out_dir, config.snapshot_date)
+        limiter = RateController(config.rate)
+        outcome = FetchOutcome(Tally())
+        try:
+            if pending:
+                outcome = asyncio.run(
+                    _fetch(config, state, limiter, transport, progress or NoProgress(), pending)
+                )
+        finally:
+            # Whatever stopped the fetch, what was paid for goes to Parquet now.
+            _flush(state, config, everything=True)
+        _compact(state, config)
+        _ensure_every_table_has_a_file(state, config)
+        failures_path, failures_rows = sink.write_failures(
+            config.out_dir, config.snapshot_date, state.iter_failures()
+        )
+        counts = state.counts()
+        complete = counts.get("pending", 0) == 0 and outcome.stopped_by is None
+        stopped = outcome.stopped_by
+        summary.update(
+            outcome=_outcome_name(stopped, outcome.interrupted, complete),
+            complete=complete,
+            stopped_by=_describe_error(stopped),
+            requests={
+                "calls": outcome.tally.calls,
+                "fetched": outcome.tally.fetched,
+                "failed": outcome.tally.failed,
+                "retried": outcome.tally.retried,
+                "rate_limited": outcome.tally.rate_limited,
+            },
+            rate_control=limiter.snapshot(),
+            snapshot={**counts, "failures_by_code": _str_keys(state.failure_codes())},
+            files={t.name: [p.path for p in state.parts(t.name)] for t in TABLES},
+            failures_file=str(failures_path.relative_to(config.out_dir)),
+            failures_rows=failures_rows,
+            finished_at=_iso(_utcnow()),
+            duration_s=round(time.monotonic() - started, 3),
+        )
+        if complete:
+            sink.write_manifest(
+                config.out_dir, config.snapshot_date, state.parts(), failures_rows, summary
+            )
+        sink.write_run_summary(config.out_dir, run_id, summary)
+        error = stopped if isinstance(stopped, XhsProfilesError) else None
+        return RunReport(summary, stopped_by=error, interrupted=outcome.interrupted)
+
+
+async def _fetch(
+    config: RunConfig,
+    state: State,
+    limiter: RateController,
+    transport: httpx.AsyncBaseTransport | None,
+    progress: Progress,
+    pending: int,
+) -> FetchOutcome:
+    fetched_since_flush = 0
+
+    def on_success() -> None:
+        nonlocal fetched_since_flush
+        fetched_since_flush += 1
+        if fetched_since_flush >= config.batch_rows:
+            fetched_since_flush = 0
+            _flush(state, config)
+
+    async with make_http_client(
+        concurrency=config.concurrency, timeout=config.timeout, transport=transport
+    ) as http:
+        client = ProfileClient(
+            http,
+            endpoint_url=config.endpoint_url,
+            token=config.token,
+            limiter=limiter,
+            max_body_bytes=config.max_body_bytes,
+        )
+        fetcher = Fetcher(
+            client,
+            state,
+            concurrency=config.concurrency,
+            max_attempts=config.max_attempts,
+            max_calls=config.max_calls,
+            on_success=on_success,
+            on_progress=progress.update,
+            rate=lambda: limiter.rate,
+        )
+        progress.start(pending)
+        with _stop_on_signals(fetcher.request_stop):
+            try:
+                return await fetcher.run(state.iter_pending())
+            finally:
+                progress.stop()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(request_stop: Any) -> Iterator[None]:
+    """First SIGINT/SIGTERM: stop dispatching and finish cleanly; a second one kills as usual."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+
+    def handler() -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        request_stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (tests): signals stay as they are
+    try:
+        yield
+    finally:
+        for sig in installed:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+
+def _ingest(state: State, id_file: IdFile) -> dict[str, Any]:
+    key = f"{id_file.fingerprint}:{id_file.column or ''}"
+    info: dict[str, Any] = {
+        "path": str(id_file.path),
+        "encoding": id_file.encoding,
+        "column": id_file.column,
+        "sha256": id_file.fingerprint,
+    }
+    if state.input_fingerprint() == key:
+        return {**info, "ingested": False}
+    report = state.ingest(id_file, key)
+    return {
+        **info,
+        "ingested": True,
+        "rows": report.rows,
+        "valid": report.valid,
+        "invalid": report.invalid,
+        "duplicates": report.duplicates,
+        "new": report.new,
+        "blank_cells": id_file.blank_cells,
+    }
+
+
+def _recover(state: State, config: RunConfig) -> None:
+    """Undo what a crash left half done: orphan parts out, stored bodies flushed again."""
+    known = {part.path for part in state.parts()}
+    sink.remove_orphans(config.out_dir, config.snapshot_date, known)
+    _flush(state, config, everything=True)
+
+
+def _flush(state: State, config: RunConfig, *, everything: bool = False) -> None:
+    while batch := state.fetched_batch(config.batch_rows):
+        tables = flatten(batch)
+        parts = [
+            sink.write_part(config.out_dir, table, config.snapshot_date, frame)
+            for table, frame in tables.items()
+            if frame.height
+        ]
+        state.mark_written([profile.user_id for profile in batch], parts)
+        if not everything or len(batch) < config.batch_rows:
+            break
+
+
+def _compact(state: State, config: RunConfig) -> None:
+    for table in TABLES:
+        for group in sink.plan_compaction(state.parts(table.name), COMPACT_TARGET_ROWS):
+            merged = sink.compact(config.out_dir, table, config.snapshot_date, group)
+            state.replace_parts(group, [merged])
+            sink.delete_parts(config.out_dir, group)
+
+
+def _ensure_every_table_has_a_file(state: State, config: RunConfig) -> None:
+    """A table with no rows still gets one empty, typed file, so readers' globs always match."""
+    empty = flatten([])
+    for table, frame in empty.items():
+        if not state.parts(table.name):
+            part = sink.write_part(config.out_dir, table, config.snapshot_date, frame)
+            state.mark_written([], [part])
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--out {out_dir} is not writable: {exc.strerror or exc}") from exc
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out_dir} is not writable")
+
+
+def _outcome_name(stopped: BaseException | None, interrupted: bool, complete: bool) -> str:
+    if isinstance(stopped, StopRun):
+        return "stopped"
+    if stopped is not None:
+        return "budget"
+    if interrupted:
+        return "interrupted"
+    return "completed" if complete else "incomplete"
+
+
+def _describe_error(error: BaseException | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    return {
+        "type": type(error).__name__,
+        "code": getattr(error, "code", None),
+        "message": str(error),
+    }
+
+
+def _str_keys(mapping: dict[int, int]) -> dict[str, int]:
+    return {str(key): value for key, value in sorted(mapping.items())}
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

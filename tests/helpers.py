@@ -1,0 +1,35 @@
+"""Shared test helpers: ids, input files, reading a finished output folder back."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.schema import TABLES
+
+
+def make_id(n: int, salt: str = "") -> str:
+    return hashlib.sha256(f"{salt}{n}".encode()).hexdigest()[:24]
+
+
+def write_ids(path: Path, ids: Iterable[str], header: str = "user_id") -> Path:
+    path.write_text(header + "\n" + "".join(f"{i}\n" for i in ids), encoding="utf-8")
+    return path
+
+
+def read_table(out: Path, table: str) -> pl.DataFrame:
+    return pl.read_parquet(out / table / "*" / "*.parquet", hive_partitioning=True)
+
+
+def read_failures(out: Path, snapshot: str) -> list[dict[str, str]]:
+    path = out / "failures" / f"dt={snapshot}" / "failures.csv"
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def table_names() -> list[str]:
+    return [t.name for t in TABLES]

@@ -1,0 +1,731 @@
+"""pipeline.client: one call per id, every classification rule, and a token that never leaks.
+
+All HTTP goes through ``httpx.MockTransport``: nothing leaves the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.utils
+import gzip
+import json
+import logging
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+import pytest
+
+from pipeline.client import (
+    USER_AGENT,
+    ProfileClient,
+    backoff_delay,
+    install_log_redaction,
+    make_http_client,
+    redact,
+)
+from pipeline.config import Secret
+from pipeline.errors import (
+    AccountError,
+    EndpointGoneError,
+    FetchError,
+    PermanentError,
+    RateLimitedError,
+    StopRun,
+    TransientError,
+)
+from pipeline.ratelimit import RateController
+from pipeline.records import FetchedProfile
+
+TOKEN = "tok-Zq81-SECRET-c0ffee-7731"
+USER = "5a901362e8ac2b36c99bce33"
+BASE = "https://api.justoneapi.test"
+GOLDEN = Path(__file__).parent / "golden"
+GOLDEN_SAMPLES = sorted(GOLDEN.glob("*.json"))
+E = TypeVar("E", bound=BaseException)
+Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
+
+
+class SpyLimiter(RateController):
+    """A real, uncapped controller that also records what the client told it."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.acquired = 0
+        self.successes = 0
+        self.limited: list[tuple[float | None, float | None]] = []
+
+    async def acquire(self) -> float:
+        self.acquired += 1
+        return await super().acquire()
+
+    def on_success(self, *, sent_at: float | None = None) -> None:
+        self.successes += 1
+        super().on_success(sent_at=sent_at)
+
+    def on_rate_limited(self, retry_after: float | None, *, sent_at: float | None = None) -> None:
+        self.limited.append((retry_after, sent_at))
+        super().on_rate_limited(retry_after, sent_at=sent_at)
+
+
+class Outcome:
+    def __init__(self, client: ProfileClient, limiter: SpyLimiter, requests: list[httpx.Request]):
+        self.client = client
+        self.limiter = limiter
+        self.requests = requests
+
+
+async def run_fetch(
+    handler: Handler, *, user_id: str = USER, version: str = "v4", **kwargs: Any
+) -> tuple[FetchedProfile | BaseException, Outcome]:
+    requests: list[httpx.Request] = []
+
+    async def recording(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        response = handler(request)
+        if not isinstance(response, httpx.Response):
+            response = await response
+        return response
+
+    limiter = SpyLimiter()
+    transport = httpx.MockTransport(recording)
+    async with make_http_client(concurrency=4, timeout=5.0, transport=transport) as http:
+        client = ProfileClient(
+            http,
+            endpoint_url=f"{BASE}/api/xiaohongshu/get-user/{version}",
+            token=Secret(TOKEN),
+            limiter=limiter,
+            **kwargs,
+        )
+        outcome = Outcome(client, limiter, requests)
+        try:
+            return await client.fetch(user_id), outcome
+        except (FetchError, StopRun) as exc:
+            return exc, outcome
+
+
+async def fetch_ok(handler: Handler, **kwargs: Any) -> tuple[FetchedProfile, Outcome]:
+    result, outcome = await run_fetch(handler, **kwargs)
+    assert isinstance(result, FetchedProfile), result
+    return result, outcome
+
+
+async def fetch_error(handler: Handler, expected: type[E], **kwargs: Any) -> tuple[E, Outcome]:
+    result, outcome = await run_fetch(handler, **kwargs)
+    assert type(result) is expected, repr(result)
+    assert isinstance(result, expected)
+    assert_token_absent(result)
+    return result, outcome
+
+
+def assert_token_absent(exc: BaseException) -> None:
+    """Neither the error nor anything chained to it shows the token."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        for text in (str(seen), repr(seen), repr(seen.args), *traceback.format_exception(seen)):
+            assert TOKEN not in text
+        seen = seen.__cause__ or seen.__context__
+
+
+def reply(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Callable[[httpx.Request], httpx.Response]:
+    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=body, headers=headers)
+
+    return handler
+
+
+def envelope(code: Any, **fields: Any) -> dict[str, Any]:
+    return {"code": code, "message": fields.pop("message", "ok"), **fields}
+
+
+def profile_data(**extra: Any) -> dict[str, Any]:
+    return {"userid": USER, "nickname": "小顾小小家", "fans": 8456, **extra}
+
+
+def raising(exc_type: type[httpx.RequestError], text: str) -> Handler:
+    """A handler whose transport error message embeds the URL, token included."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc_type(f"{text} while calling {request.url}", request=request)
+
+    return handler
+
+
+# --- success -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sample", GOLDEN_SAMPLES, ids=lambda p: p.stem)
+async def test_golden_sample_becomes_a_profile_whose_data_equals_the_samples(sample: Path) -> None:
+    raw = sample.read_bytes()
+    profile, outcome = await fetch_ok(reply(raw))
+    expected = json.loads(raw)["data"]
+    assert profile.user_id == USER
+    assert orjson.loads(profile.data) == expected
+    assert profile.data == orjson.dumps(expected)
+    assert profile.request_id is None
+    assert profile.fetched_at.tzinfo is dt.UTC
+    assert abs((dt.datetime.now(dt.UTC) - profile.fetched_at).total_seconds()) < 5
+    assert outcome.client.calls == 1
+    assert outcome.limiter.acquired == 1
+    assert outcome.limiter.successes == 1
+
+
+async def test_request_id_is_kept_and_a_non_string_one_is_dropped() -> None:
+    profile, _ = await fetch_ok(reply(envelope(0, data=profile_data(), requestId="req-42a")))
+    assert profile.request_id == "req-42a"
+    profile, _ = await fetch_ok(reply(envelope(0, data=profile_data(), requestId=42)))
+    assert profile.request_id is None
+
+
+async def test_token_and_user_id_travel_as_query_params_of_one_get() -> None:
+    _, outcome = await fetch_ok(reply(envelope(0, data=profile_data())))
+    (request,) = outcome.requests
+    assert request.method == "GET"
+    assert request.url.host == "api.justoneapi.test"
+    assert request.url.path == "/api/xiaohongshu/get-user/v4"
+    assert dict(request.url.params) == {"token": TOKEN, "userId": USER}
+    assert request.headers["user-agent"] == USER_AGENT
+    assert USER_AGENT.startswith("xhs-profiles/")
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    [
+        "",
+        "5A901362E8AC2B36C99BCE33",
+        "5a901362e8ac2b36c99bce3",
+        "5a901362e8ac2b36c99bce33 ",
+        "5a901362e8ac2b36c99bce33&token=x",
+        "../5a901362e8ac2b36c99bce33",
+        "5a901362e8ac2b36c99bce3g",
+    ],
+)
+async def test_an_invalid_id_is_never_sent_and_fails_with_400(bad_id: str) -> None:
+    def must_not_be_called(_request: httpx.Request) -> httpx.Response:
+        pytest.fail("an invalid id reached the transport")
+
+    exc, outcome = await fetch_error(must_not_be_called, PermanentError, user_id=bad_id)
+    assert exc.code == 400
+    assert outcome.requests == []
+    assert outcome.client.calls == 0
+    assert outcome.limiter.acquired == 0
+
+
+async def test_calls_counts_calls_started_not_ids_refused() -> None:
+    limiter = SpyLimiter()
+    transport = httpx.MockTransport(reply(envelope(0, data=profile_data())))
+    async with make_http_client(concurrency=2, timeout=5.0, transport=transport) as http:
+        client = ProfileClient(
+            http, endpoint_url=f"{BASE}/x/v4", token=Secret(TOKEN), limiter=limiter
+        )
+        await client.fetch(USER)
+        with pytest.raises(PermanentError):
+            await client.fetch("nope")
+        await client.fetch(USER)
+    assert client.calls == 2
+    assert limiter.acquired == 2
+    assert TOKEN not in repr(client)
+
+
+# --- business codes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_text", [False, True], ids=["int", "string"])
+@pytest.mark.parametrize(
+    ("code", "expected", "needle"),
+    [
+        (301, TransientError, "collection failed (code 301): busy"),
+        (500, TransientError, "internal server error (code 500): busy"),
+        (503, TransientError, "service unavailable (code 503): busy"),
+        (100, AccountError, "token invalid or inactive (code 100): check JUSTONEAPI_TOKEN"),
+        (303, AccountError, "daily quota exceeded (code 303): rerun after the quota resets"),
+        (600, AccountError, "permission denied (code 600): this token may not call get-user/v4"),
+        (601, AccountError, "insufficient balance (code 601): top up the account, then rerun"),
+        (400, PermanentError, "busy"),
+        (404, PermanentError, "no such user"),
+        (101, PermanentError, "unexpected business code 101: busy"),
+        (202, PermanentError, "unexpected business code 202: busy"),
+        (602, PermanentError, "unexpected business code 602: busy"),
+        (-7, PermanentError, "unexpected business code -7: busy"),
+    ],
+)
+async def test_each_business_code_maps_to_its_error(
+    code: int, expected: type[FetchError], needle: str, as_text: bool
+) -> None:
+    payload = envelope(str(code) if as_text else code, message="busy", data=None)
+    exc, outcome = await fetch_error(reply(payload), expected)
+    assert exc.code == code
+    assert str(exc).startswith(needle)
+    # The API answered without rate limiting: the limiter hears the rate was fine.
+    assert outcome.limiter.successes == 1
+    assert outcome.limiter.limited == []
+
+
+async def test_code_400_without_a_message_says_invalid_parameters() -> None:
+    exc, _ = await fetch_error(reply({"code": 400}), PermanentError)
+    assert (exc.code, str(exc)) == (400, "invalid parameters")
+
+
+async def test_account_error_for_v3_names_v3() -> None:
+    exc, _ = await fetch_error(reply(envelope(600)), AccountError, version="v3")
+    assert "get-user/v3" in str(exc)
+
+
+@pytest.mark.parametrize("code", [0, "0", " 0 "])
+async def test_code_zero_as_int_or_numeric_string_is_success(code: Any) -> None:
+    profile, _ = await fetch_ok(reply(envelope(code, data=profile_data())))
+    assert orjson.loads(profile.data)["userid"] == USER
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"message": "ok", "data": profile_data()},
+        {"code": None, "data": profile_data()},
+        {"code": "abc"},
+        {"code": "0x0"},
+        {"code": True},
+        {"code": 0.0},
+        {"code": [0]},
+        [{"code": 0}],
+        "code 0",
+        12,
+    ],
+    ids=["missing", "null", "text", "hex", "bool", "float", "list", "array", "string", "number"],
+)
+async def test_json_without_a_usable_code_is_transient(body: Any) -> None:
+    exc, outcome = await fetch_error(reply(body), TransientError)
+    assert (exc.code, str(exc)) == (-1, "response has no business code")
+    assert outcome.limiter.successes == 0
+
+
+# --- code 0 without a profile ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [None, {}, [], "", {"userid": ""}, {"userid": None, "nickname": "x"}, {"nickname": "x"}],
+    ids=["null", "empty", "list", "string", "blank-userid", "null-userid", "no-userid"],
+)
+async def test_code_zero_without_userid_is_unavailable(data: Any) -> None:
+    exc, _ = await fetch_error(reply(envelope(0, data=data)), PermanentError)
+    assert exc.code == 0
+    assert str(exc) == (
+        "no profile in the answer (data empty: the account may be deleted, banned or private)"
+    )
+
+
+async def test_code_zero_without_data_key_is_unavailable() -> None:
+    exc, _ = await fetch_error(reply({"code": 0, "message": "ok"}), PermanentError)
+    assert exc.code == 0
+
+
+async def test_result_success_false_is_unavailable_with_the_results_message() -> None:
+    data = profile_data(result={"success": False, "message": "用户不存在\nor banned"})
+    exc, _ = await fetch_error(reply(envelope(0, data=data)), PermanentError)
+    assert exc.code == 0
+    assert str(exc) == "no profile in the answer: 用户不存在 or banned"
+
+
+# --- 302 -------------------------------------------------------------------------------------
+
+
+async def test_302_tells_the_limiter_and_raises_rate_limited_without_retry_after() -> None:
+    exc, outcome = await fetch_error(reply(envelope(302, message="slow down")), RateLimitedError)
+    assert exc.code == 302
+    assert exc.retry_after is None
+    assert str(exc) == "rate limited (code 302): slow down"
+    ((retry_after, sent_at),) = outcome.limiter.limited
+    assert retry_after is None
+    assert sent_at is not None
+    assert outcome.limiter.successes == 0
+    assert outcome.limiter.rate is not None  # the first 302 ended "uncapped"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("7", 7.0), ("2.5", 2.5), ("-3", 0.0), ("100000", 300.0), ("soon", None), ("nan", None)],
+)
+async def test_302_passes_retry_after_seconds_to_the_limiter(
+    header: str, expected: float | None
+) -> None:
+    handler = reply(envelope("302"), status=429, headers={"Retry-After": header})
+    exc, outcome = await fetch_error(handler, RateLimitedError)
+    assert exc.retry_after == expected
+    assert outcome.limiter.limited[0][0] == expected
+
+
+async def test_302_retry_after_as_http_date_becomes_seconds_from_now() -> None:
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
+    header = email.utils.format_datetime(when, usegmt=True)
+    exc, _ = await fetch_error(
+        reply(envelope(302), headers={"Retry-After": header}), RateLimitedError
+    )
+    assert exc.retry_after is not None
+    assert 25 <= exc.retry_after <= 30
+
+
+# --- HTTP status with a JSON body ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 429, 500, 503])
+async def test_the_body_code_decides_whatever_the_http_status(status: int) -> None:
+    profile, _ = await fetch_ok(reply(envelope(0, data=profile_data()), status=status))
+    assert profile.user_id == USER
+    exc, _ = await fetch_error(reply(envelope(500), status=status), TransientError)
+    assert exc.code == 500
+
+
+async def test_http_404_with_a_json_404_code_is_no_such_user_not_a_gone_endpoint() -> None:
+    exc, _ = await fetch_error(reply(envelope(404), status=404), PermanentError)
+    assert (exc.code, str(exc)) == (404, "no such user")
+
+
+# --- bodies that are not JSON ---------------------------------------------------------------
+
+HTML = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+
+
+@pytest.mark.parametrize("status", [200, 429, 500, 502, 503, 504])
+async def test_non_json_body_with_retryable_status_is_transient(status: int) -> None:
+    exc, _ = await fetch_error(reply(HTML, status=status), TransientError)
+    assert (exc.code, str(exc)) == (-1, f"HTTP {status} with a non-JSON body")
+
+
+@pytest.mark.parametrize("status", [201, 400, 401, 403, 418])
+async def test_non_json_body_with_other_status_is_permanent(status: int) -> None:
+    exc, _ = await fetch_error(reply(HTML, status=status), PermanentError)
+    assert (exc.code, str(exc)) == (-1, f"HTTP {status} with a non-JSON body")
+
+
+async def test_a_redirect_is_not_followed_and_points_at_base_url() -> None:
+    handler = reply(b"", status=301, headers={"Location": "https://elsewhere.test/"})
+    exc, outcome = await fetch_error(handler, PermanentError)
+    assert len(outcome.requests) == 1
+    assert "check --base-url" in str(exc)
+
+
+async def test_html_404_means_the_endpoint_is_gone_and_suggests_v3() -> None:
+    exc, _ = await fetch_error(reply(b"<h1>Not Found</h1>", status=404), EndpointGoneError)
+    assert str(exc) == (
+        "the get-user/v4 endpoint answered HTTP 404: it may have been removed; try --api-version v3"
+    )
+
+
+async def test_html_404_on_v3_suggests_v4() -> None:
+    exc, _ = await fetch_error(reply(b"", status=404), EndpointGoneError, version="v3")
+    assert str(exc).endswith("try --api-version v4")
+
+
+async def test_json_404_without_business_code_also_means_the_endpoint_is_gone() -> None:
+    await fetch_error(reply({"detail": "Not Found"}, status=404), EndpointGoneError)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b'{"code": 0, "data": {"userid": "5a90', b"\xff\xfe{}", b"{'code': 0}"],
+    ids=["empty", "truncated", "binary", "python-repr"],
+)
+async def test_invalid_json_with_status_200_is_transient(body: bytes) -> None:
+    exc, _ = await fetch_error(reply(body), TransientError)
+    assert str(exc) == "HTTP 200 with a non-JSON body"
+
+
+async def test_json_nested_beyond_any_parser_is_transient_not_a_crash() -> None:
+    deep = b'{"code":0,"data":{"userid":"' + USER.encode() + b'","x":'
+    deep += b"[" * 100_000 + b"]" * 100_000 + b"}}"
+    exc, _ = await fetch_error(reply(deep), TransientError)
+    assert str(exc) == "HTTP 200 with a non-JSON body"
+
+
+async def test_data_deeper_than_orjson_writes_is_kept_through_the_stdlib() -> None:
+    nested: Any = "leaf"
+    for _ in range(300):
+        nested = [nested]
+    data = profile_data(x=nested)
+    profile, _ = await fetch_ok(reply(json.dumps(envelope(0, data=data)).encode()))
+    assert json.loads(profile.data) == data
+
+
+# --- numbers and text that orjson cannot keep -------------------------------------------------
+
+
+async def test_integers_over_18_digits_are_kept_exactly_as_strings() -> None:
+    huge = "9" * 5000
+    body = (
+        b'{"code":0,"data":{"userid":"' + USER.encode() + b'","fans":123456789012345678901,'
+        b'"liked":' + huge.encode() + b',"follows":-1234567890123456789,'
+        b'"collected":123456789012345678,"nickname":"\xe5\xb0\x8f\xe9\xa1\xbe"}}'
+    )
+    profile, _ = await fetch_ok(reply(body))
+    data = json.loads(profile.data)
+    assert data["fans"] == "123456789012345678901"
+    assert data["liked"] == huge
+    assert data["follows"] == "-1234567890123456789"
+    assert data["collected"] == 123456789012345678
+    assert data["nickname"] == "小顾"
+    assert "小顾".encode() in profile.data  # not \\u-escaped
+
+
+async def test_nan_and_infinity_become_null() -> None:
+    body = b'{"code":0,"data":{"userid":"' + USER.encode() + b'","a":NaN,"b":-Infinity}}'
+    profile, _ = await fetch_ok(reply(body))
+    assert json.loads(profile.data) == {"userid": USER, "a": None, "b": None}
+
+
+async def test_a_lone_surrogate_is_kept_escaped_in_valid_utf8() -> None:
+    body = b'{"code":0,"data":{"userid":"' + USER.encode() + b'","nickname":"a\\ud800b"}}'
+    profile, _ = await fetch_ok(reply(body))
+    profile.data.decode("utf-8")  # valid UTF-8
+    assert json.loads(profile.data)["nickname"] == "a\ud800b"
+
+
+async def test_a_profile_no_serializer_can_write_fails_permanently(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def too_deep(*_args: Any, **_kwargs: Any) -> str:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(json, "dumps", too_deep)
+    body = b'{"code":0,"data":{"userid":"' + USER.encode() + b'","a":NaN}}'  # stdlib path
+    exc, _ = await fetch_error(reply(body), PermanentError)
+    assert (exc.code, str(exc)) == (-1, "the profile is nested too deep to store")
+
+
+# --- transport faults ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc_type", "phase"),
+    [
+        (httpx.ReadTimeout, "read"),
+        (httpx.ConnectTimeout, "connect"),
+        (httpx.WriteTimeout, "write"),
+        (httpx.PoolTimeout, "pool"),
+    ],
+)
+async def test_a_timeout_is_transient_and_names_its_phase(
+    exc_type: type[httpx.TimeoutException], phase: str
+) -> None:
+    exc, outcome = await fetch_error(raising(exc_type, "timed out"), TransientError)
+    assert (exc.code, str(exc)) == (-1, f"timed out after 5s ({phase})")
+    assert outcome.client.calls == 1
+    assert outcome.limiter.successes == 0
+
+
+@pytest.mark.parametrize(
+    ("exc_type", "start"),
+    [
+        (httpx.ConnectError, "could not connect to the API: [Errno 111] Connection refused"),
+        (httpx.ReadError, "connection broken while reading the answer"),
+        (httpx.RemoteProtocolError, "connection closed mid-answer"),
+        (httpx.ProxyError, "proxy error"),
+        (httpx.DecodingError, "could not decode the compressed body"),
+    ],
+)
+async def test_a_transport_fault_is_transient_without_the_url(
+    exc_type: type[httpx.RequestError], start: str
+) -> None:
+    exc, _ = await fetch_error(raising(exc_type, "[Errno 111] Connection refused"), TransientError)
+    assert exc.code == -1
+    assert str(exc).startswith(start)
+    assert BASE not in str(exc)
+    assert "<url>" in str(exc)
+    # Replaced, not chained: the httpx error (and its request) is unreachable from ours.
+    assert exc.__cause__ is None
+    assert exc.__context__ is None
+
+
+async def _stream_then_fail(exc: Exception) -> AsyncIterator[bytes]:
+    yield b'{"code":0,"data":{"userid":"'
+    raise exc
+
+
+async def test_a_body_cut_off_mid_stream_is_transient() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        failure = httpx.RemoteProtocolError(
+            f"peer closed connection without sending complete message body: "
+            f"incomplete chunked read ({request.url})"
+        )
+        return httpx.Response(200, content=_stream_then_fail(failure))
+
+    exc, _ = await fetch_error(handler, TransientError)
+    assert str(exc).startswith("connection closed mid-answer (truncated or malformed)")
+
+
+async def test_a_read_timeout_mid_body_is_transient() -> None:
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=_stream_then_fail(httpx.ReadTimeout("slow")))
+
+    exc, _ = await fetch_error(handler, TransientError)
+    assert str(exc) == "timed out after 5s (read)"
+
+
+async def test_a_body_that_never_ends_is_cut_by_the_whole_call_deadline() -> None:
+    async def drip() -> AsyncIterator[bytes]:
+        while True:
+            await asyncio.sleep(0.02)
+            yield b" "
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=drip())
+
+    exc, _ = await fetch_error(handler, TransientError, total_timeout=0.2)
+    assert (exc.code, str(exc)) == (-1, "no complete answer within 0.2s")
+
+
+async def test_the_default_whole_call_deadline_is_twice_the_timeout() -> None:
+    async with make_http_client(concurrency=1, timeout=60.0) as http:
+        client = ProfileClient(
+            http, endpoint_url=f"{BASE}/v4", token=Secret(TOKEN), limiter=RateController(None)
+        )
+        assert client._total_timeout == 120.0
+
+
+# --- oversized bodies ------------------------------------------------------------------------
+
+CHUNK = 64 * 1024
+SIX_MB = 6 * 1024 * 1024
+
+
+async def test_a_6mb_body_is_refused_without_reading_it_all() -> None:
+    sent = 0
+
+    async def six_megabytes() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(SIX_MB // CHUNK):
+            sent += 1
+            yield b" " * CHUNK
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=six_megabytes())
+
+    exc, _ = await fetch_error(handler, PermanentError)
+    assert (exc.code, str(exc)) == (-1, "response body larger than 5 MB")
+    assert sent == 5 * 1024 * 1024 // CHUNK + 1  # stopped at the first chunk past the cap
+
+
+async def test_a_declared_oversized_body_is_refused_before_reading() -> None:
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        sent += 1
+        yield b"{}"
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body(), headers={"Content-Length": str(SIX_MB)})
+
+    exc, _ = await fetch_error(handler, PermanentError)
+    assert str(exc) == "response body larger than 5 MB"
+    assert sent == 0
+
+
+async def test_the_cap_applies_to_decoded_bytes_of_a_gzip_bomb() -> None:
+    bomb = gzip.compress(b" " * SIX_MB)
+    assert len(bomb) < 100_000
+    handler = reply(bomb, headers={"Content-Encoding": "gzip"})
+    exc, _ = await fetch_error(handler, PermanentError)
+    assert str(exc) == "response body larger than 5 MB"
+
+
+async def test_the_cap_follows_max_body_bytes() -> None:
+    exc, _ = await fetch_error(
+        reply(envelope(0, data=profile_data())), PermanentError, max_body_bytes=10
+    )
+    assert str(exc) == "response body larger than 10 bytes"
+
+
+# --- the API's own message -------------------------------------------------------------------
+
+
+async def test_the_apis_message_is_one_line_at_most_200_chars_and_masks_the_token() -> None:
+    message = f"bad\nrequest  token={TOKEN}&userId=1 echo {TOKEN} " + "x" * 500
+    exc, _ = await fetch_error(reply(envelope(202, message=message)), PermanentError)
+    text = str(exc)
+    echoed = text.removeprefix("unexpected business code 202: ")
+    assert "\n" not in text
+    assert len(echoed) == 200
+    assert echoed.startswith("bad request token=***&userId=1 echo *** xxx")
+    assert echoed.endswith("…")
+
+
+# --- the token never leaks -------------------------------------------------------------------
+
+
+def test_redact_masks_the_token_up_to_ampersand_space_or_quote() -> None:
+    assert redact(f"GET {BASE}/v4?token={TOKEN}&userId={USER}") == (
+        f"GET {BASE}/v4?token=***&userId={USER}"
+    )
+    assert (
+        redact(f'"https://h/x?userId=1&token={TOKEN}" 200')
+        == '"https://h/x?userId=1&token=***" 200'
+    )
+    assert redact(f"token={TOKEN} next") == "token=*** next"
+    assert redact(f"Token={TOKEN}'") == "Token=***'"
+    assert redact("no secret here") == "no secret here"
+
+
+async def test_httpx_log_line_shows_token_masked(caplog: pytest.LogCaptureFixture) -> None:
+    install_log_redaction()
+    install_log_redaction()  # idempotent
+    assert (
+        sum(type(f).__name__ == "_RedactTokenFilter" for f in logging.getLogger("httpx").filters)
+        == 1
+    )
+    caplog.set_level(logging.INFO, logger="httpx")
+    await fetch_ok(reply(envelope(0, data=profile_data())))
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert len(lines) == 1
+    assert "HTTP Request: GET" in lines[0]
+    assert "token=***" in lines[0]
+    assert f"userId={USER}" in lines[0]
+    assert TOKEN not in caplog.text
+
+
+async def test_httpcore_child_loggers_are_filtered_too() -> None:
+    install_log_redaction()
+    for name in ("httpcore", "httpcore.http11", "httpcore.connection", "httpcore.http2"):
+        assert any(
+            type(f).__name__ == "_RedactTokenFilter" for f in logging.getLogger(name).filters
+        )
+
+
+# --- helpers: client factory and back-off ----------------------------------------------------
+
+
+async def test_make_http_client_pools_keepalive_connections_and_never_follows_redirects() -> None:
+    async with make_http_client(concurrency=7, timeout=12.5) as http:
+        assert http.follow_redirects is False
+        assert http.timeout == httpx.Timeout(12.5)
+        assert (http.timeout.connect, http.timeout.read) == (12.5, 12.5)
+        assert (http.timeout.write, http.timeout.pool) == (12.5, 12.5)
+        assert http.headers["user-agent"] == USER_AGENT
+        pool = http._transport._pool  # type: ignore[attr-defined]
+        assert pool._max_connections == 7
+        assert pool._max_keepalive_connections == 7
+
+
+@pytest.mark.parametrize(
+    ("attempt", "expected"),
+    [(1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0), (7, 60.0), (10_000, 60.0), (0, 1.0)],
+)
+def test_backoff_is_exponential_and_capped(attempt: int, expected: float) -> None:
+    assert backoff_delay(attempt, rng=lambda: 1.0) == expected
+
+
+def test_backoff_uses_full_jitter() -> None:
+    assert backoff_delay(4, rng=lambda: 0.25) == 2.0
+    assert backoff_delay(4, rng=lambda: 0.0) == 0.0
+    assert backoff_delay(3, base=0.5, cap=1.5, rng=lambda: 1.0) == 1.5
+    delays = {backoff_delay(5) for _ in range(50)}
+    assert all(0 <= d < 16 for d in delays)
+    assert len(delays) > 1

@@ -1,0 +1,205 @@
+"""The fetch loop's scheduling rules, with a scripted fake client and an in-memory ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pytest
+
+from pipeline.errors import (
+    AccountError,
+    CallBudgetExhausted,
+    PermanentError,
+    RateLimitedError,
+    StorageError,
+    TransientError,
+)
+from pipeline.fetcher import Fetcher
+from pipeline.records import FetchedProfile
+
+
+@dataclass(frozen=True)
+class Pending:
+    user_id: str
+    attempts: int = 0
+
+
+def uid(n: int) -> str:
+    return f"{n:024x}"
+
+
+@dataclass
+class FakeClient:
+    """Answers each id from a script of outcomes (an exception to raise, or 'ok')."""
+
+    scripts: dict[str, list[object]] = field(default_factory=dict)
+    delay: float = 0.0
+    calls: Counter[str] = field(default_factory=Counter)
+    order: list[str] = field(default_factory=list)
+    events: list[tuple[str, str]] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    async def fetch(self, user_id: str) -> FetchedProfile:
+        self.calls[user_id] += 1
+        self.order.append(user_id)
+        self.events.append(("start", user_id))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+            script = self.scripts.get(user_id, [])
+            outcome = script.pop(0) if script else "ok"
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return FetchedProfile(user_id, b"{}", None, dt.datetime.now(dt.UTC))
+        finally:
+            self.events.append(("end", user_id))
+            self.in_flight -= 1
+
+
+@dataclass
+class FakeLedger:
+    successes: dict[str, int] = field(default_factory=dict)
+    retries: list[tuple[str, int, int | None]] = field(default_factory=list)
+    failures: dict[str, tuple[int, int | None, bool]] = field(default_factory=dict)
+    explode_on_success: bool = False
+
+    def record_success(self, profile: FetchedProfile, attempts: int) -> None:
+        if self.explode_on_success:
+            raise StorageError("disk full while writing state")
+        assert profile.user_id not in self.successes, "an id was stored twice"
+        self.successes[profile.user_id] = attempts
+
+    def record_retry(self, user_id: str, attempts: int, code: int | None, message: str) -> None:
+        self.retries.append((user_id, attempts, code))
+
+    def record_failure(
+        self, user_id: str, attempts: int, code: int | None, message: str, *, retryable: bool
+    ) -> None:
+        self.failures[user_id] = (attempts, code, retryable)
+
+
+def make(client: FakeClient, ledger: FakeLedger, **kwargs: object) -> Fetcher:
+    options: dict[str, object] = {"concurrency": 4, "max_attempts": 3, "backoff": lambda _a: 0.0}
+    options.update(kwargs)
+    return Fetcher(client, ledger, **options)  # type: ignore[arg-type]
+
+
+async def test_every_id_ends_fetched_exactly_once_and_concurrency_is_capped() -> None:
+    client, ledger = FakeClient(delay=0.002), FakeLedger()
+    ids = [Pending(uid(i)) for i in range(200)]
+    outcome = await make(client, ledger, concurrency=7).run(iter(ids))
+    assert set(ledger.successes) == {p.user_id for p in ids}
+    assert set(client.calls.values()) == {1}
+    assert client.max_in_flight == 7
+    assert outcome.tally.calls == 200 and outcome.tally.fetched == 200
+    assert outcome.stopped_by is None
+
+
+async def test_transient_errors_retry_until_attempts_run_out_then_fail_as_retryable() -> None:
+    flaky, doomed = uid(1), uid(2)
+    client = FakeClient(
+        scripts={
+            flaky: [TransientError("collection failed", code=301)],
+            doomed: [TransientError("internal error", code=500)] * 5,
+        }
+    )
+    ledger = FakeLedger()
+    outcome = await make(client, ledger, max_attempts=3).run(
+        iter([Pending(flaky), Pending(doomed)])
+    )
+    assert ledger.successes == {flaky: 2}
+    assert ledger.failures == {doomed: (3, 500, True)}
+    assert client.calls[doomed] == 3
+    assert (flaky, 1, 301) in ledger.retries
+    assert outcome.tally.retried == 3  # flaky once, doomed twice before its last attempt
+
+
+async def test_resumed_attempt_counts_continue_from_the_state() -> None:
+    doomed = uid(3)
+    client = FakeClient(scripts={doomed: [TransientError("x", code=500)] * 5})
+    ledger = FakeLedger()
+    await make(client, ledger, max_attempts=3).run(iter([Pending(doomed, attempts=2)]))
+    assert client.calls[doomed] == 1
+    assert ledger.failures[doomed] == (3, 500, True)
+
+
+async def test_rate_limited_calls_do_not_use_up_attempts() -> None:
+    limited = uid(4)
+    client = FakeClient(scripts={limited: [RateLimitedError("rate limit exceeded")] * 6})
+    ledger = FakeLedger()
+    outcome = await make(client, ledger, max_attempts=2).run(iter([Pending(limited)]))
+    assert ledger.successes == {limited: 1}
+    assert client.calls[limited] == 7
+    assert outcome.tally.rate_limited == 6
+
+
+async def test_permanent_errors_fail_at_once_and_are_not_retryable() -> None:
+    gone = uid(5)
+    client = FakeClient(scripts={gone: [PermanentError("no such user", code=404)]})
+    ledger = FakeLedger()
+    await make(client, ledger).run(iter([Pending(gone)]))
+    assert ledger.failures == {gone: (1, 404, False)}
+    assert client.calls[gone] == 1
+
+
+async def test_an_id_waiting_for_its_backoff_does_not_hold_the_only_slot() -> None:
+    slow_retry, others = uid(6), [uid(100 + i) for i in range(5)]
+    client = FakeClient(scripts={slow_retry: [TransientError("x", code=301)]})
+    ledger = FakeLedger()
+    fetcher = make(client, ledger, concurrency=1, backoff=lambda _a: 0.3)
+    await fetcher.run(iter([Pending(slow_retry)] + [Pending(o) for o in others]))
+    # All the other ids were called while slow_retry waited; its retry came last.
+    assert client.order == [slow_retry, *others, slow_retry]
+
+
+async def test_account_error_stops_dispatching_and_lets_calls_in_flight_finish() -> None:
+    bad = uid(7)
+    ids = [Pending(uid(200 + i)) for i in range(3)] + [Pending(bad)]
+    ids += [Pending(uid(300 + i)) for i in range(50)]
+    client = FakeClient(
+        scripts={bad: [AccountError(601, "insufficient balance (code 601)")]}, delay=0.01
+    )
+    ledger = FakeLedger()
+    outcome = await make(client, ledger, concurrency=4).run(iter(ids))
+    assert isinstance(outcome.stopped_by, AccountError)
+    assert outcome.stopped_by.code == 601
+    # No call started after the refusal; every call started before it finished and was stored.
+    refused_at = client.events.index(("end", bad))
+    assert all(kind == "end" for kind, _ in client.events[refused_at:])
+    assert sum(client.calls.values()) <= 4 + 1  # the workers' calls plus one handed over
+    assert len(ledger.successes) == sum(client.calls.values()) - 1
+    assert bad not in ledger.failures and bad not in ledger.successes
+
+
+async def test_max_calls_stops_after_exactly_that_many_calls() -> None:
+    client, ledger = FakeClient(), FakeLedger()
+    ids = [Pending(uid(i)) for i in range(20)]
+    outcome = await make(client, ledger, max_calls=5).run(iter(ids))
+    assert sum(client.calls.values()) == 5
+    assert outcome.tally.calls == 5
+    assert isinstance(outcome.stopped_by, CallBudgetExhausted)
+
+
+async def test_a_ledger_failure_stops_the_loop_and_is_raised_not_swallowed() -> None:
+    client, ledger = FakeClient(), FakeLedger(explode_on_success=True)
+    ids = [Pending(uid(i)) for i in range(50)]
+    with pytest.raises(StorageError, match="disk full"):
+        await asyncio.wait_for(make(client, ledger).run(iter(ids)), timeout=5)
+    assert sum(client.calls.values()) <= 4 + 1
+
+
+async def test_request_stop_finishes_in_flight_calls_and_dispatches_no_more() -> None:
+    client, ledger = FakeClient(delay=0.05), FakeLedger()
+    fetcher = make(client, ledger, concurrency=3)
+    ids = [Pending(uid(i)) for i in range(100)]
+    task = asyncio.create_task(fetcher.run(iter(ids)))
+    await asyncio.sleep(0.07)
+    fetcher.request_stop()
+    outcome = await task
+    assert outcome.interrupted
+    assert len(ledger.successes) == sum(client.calls.values()) < 100
