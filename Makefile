@@ -1,10 +1,12 @@
 # xhs-profiles: `make help` lists the targets.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+PY ?= python3
+# uv from PATH, else where `pip install --user` puts it, else as a module of $(PY); evaluated at
+# each use, so a uv that the `uv` target has just installed is found.
+UV = $(shell command -v uv 2>/dev/null || { test -x $(HOME)/.local/bin/uv && echo $(HOME)/.local/bin/uv; } || echo "$(PY) -m uv")
 VENV := .venv
 BIN := $(VENV)/bin
-PY ?= python3
 IDS ?= data/sample_ids.csv
 OUT ?= out
 ARGS ?=
@@ -15,8 +17,8 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-9s %s\n", $$1, $$2}'
 
 uv: # uv itself, installed with pip when the machine has none
-	@command -v $(UV) >/dev/null 2>&1 || $(PY) -m pip install --quiet --user uv || $(PY) -m pip install --quiet uv
-	@command -v $(UV) >/dev/null 2>&1 || { echo "uv is not installed and pip could not install it" >&2; exit 1; }
+	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet uv
+	@$(UV) --version >/dev/null 2>&1 || { echo "uv is not installed and pip could not install it" >&2; exit 1; }
 
 $(BIN)/xhs-profiles: pyproject.toml uv.lock | uv
 	$(UV) sync --locked --group dev

@@ -75,8 +75,10 @@ import re
 from collections.abc import Callable
 from typing import Final
 
+import aiohttp
 import httpx
 import orjson
+from httpx_aiohttp import AiohttpTransport
 
 from pipeline.config import ID_PATTERN, Secret
 from pipeline.errors import (
@@ -135,6 +137,10 @@ def make_http_client(
     ``transport`` brings its own pool, so the pool limits then do not apply.
     """
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    if transport is None:
+        # Measured here on 5,000 zero-latency calls at concurrency 16: httpx's own transport
+        # (httpcore) needed 1.6 to 1.8 times the CPU and wall time of the aiohttp transport.
+        transport = AiohttpTransport(limits=limits, client=lambda: _aiohttp_session(concurrency))
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout),
         limits=limits,
@@ -142,6 +148,18 @@ def make_http_client(
         headers={"User-Agent": USER_AGENT},
         transport=transport,
     )
+
+
+def _aiohttp_session(concurrency: int) -> aiohttp.ClientSession:
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=30),
+        trust_env=True,  # honour HTTPS_PROXY / NO_PROXY, as httpx would
+    )
+    # aiohttp silently re-sends a GET once when a kept-alive connection drops.  Every call is
+    # billed and must pass the rate limiter, so retries are ours alone (no public switch exists;
+    # tests/test_runner.py's reset case fails if this stops working).
+    session._retry_connection = False
+    return session
 
 
 class ProfileClient:
@@ -215,7 +233,13 @@ class ProfileClient:
                     body = await self._read_capped(response)
                     return response.status_code, response.headers.get("retry-after"), body
         except httpx.TimeoutException as exc:
-            failure = TransientError(self._timeout_message(exc), code=CODE_NO_RESPONSE)
+            if _is_disguised_disconnect(exc):
+                failure = TransientError(
+                    "connection closed by the API before a complete answer",
+                    code=CODE_NO_RESPONSE,
+                )
+            else:
+                failure = TransientError(self._timeout_message(exc), code=CODE_NO_RESPONSE)
         except TimeoutError:
             failure = TransientError(
                 f"no complete answer within {self._total_timeout:g}s", code=CODE_NO_RESPONSE
@@ -362,6 +386,14 @@ class ProfileClient:
             detail = detail.replace(secret, "***")
         detail = _URL_IN_TEXT.sub("<url>", redact(detail))[:120]
         return f"{what}: {detail}" if detail else what
+
+
+def _is_disguised_disconnect(exc: httpx.TimeoutException) -> bool:
+    """httpx-aiohttp maps every aiohttp connection error, resets included, to ConnectTimeout."""
+    cause = exc.__cause__
+    return isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
+        cause, aiohttp.ServerTimeoutError | aiohttp.ConnectionTimeoutError
+    )
 
 
 def backoff_delay(

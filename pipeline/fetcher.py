@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pipeline.client import ProfileClient, backoff_delay
+from pipeline.crashpoints import crash_point
 from pipeline.errors import (
     CallBudgetExhausted,
     PermanentError,
@@ -218,7 +219,9 @@ class Fetcher:
                 self._stop = exc
             self._wake.set()
         else:
+            crash_point("after_response")
             self._ledger.record_success(profile, attempts + 1)
+            crash_point("after_store")
             tally.fetched += 1
             tally.done += 1
             self._on_success()

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 import pytest
+from httpx_aiohttp import AiohttpTransport
 
 from pipeline.client import (
     USER_AGENT,
@@ -709,9 +710,17 @@ async def test_make_http_client_pools_keepalive_connections_and_never_follows_re
         assert (http.timeout.connect, http.timeout.read) == (12.5, 12.5)
         assert (http.timeout.write, http.timeout.pool) == (12.5, 12.5)
         assert http.headers["user-agent"] == USER_AGENT
-        pool = http._transport._pool  # type: ignore[attr-defined]
-        assert pool._max_connections == 7
-        assert pool._max_keepalive_connections == 7
+        transport = http._transport
+        assert isinstance(transport, AiohttpTransport)
+        session = transport.get_client()
+        try:
+            assert session.connector is not None and session.connector.limit == 7
+            # aiohttp's silent re-send of a GET on a dropped keep-alive connection is off:
+            # every call is billed, so only the runner may retry.
+            assert session._retry_connection is False
+            assert session.trust_env is True
+        finally:
+            await session.close()
 
 
 @pytest.mark.parametrize(
