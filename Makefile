@@ -30,6 +30,7 @@ run: install ## run the main job (no JUSTONEAPI_TOKEN: the built-in sandbox on d
 	@if [ -n "$$JUSTONEAPI_TOKEN" ]; then \
 	  $(BIN)/xhs-profiles run $(IDS) --out $(OUT) $(ARGS); \
 	else \
+	  echo "JUSTONEAPI_TOKEN is not set: running against the built-in sandbox API instead."; \
 	  $(BIN)/xhs-profiles run $(IDS) --out $(OUT) --sandbox $(ARGS); \
 	fi
 

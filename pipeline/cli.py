@@ -177,8 +177,8 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
             options["base_url"] = sandbox.start()
             options["token"] = sandbox.config.token
             click.echo(
-                f"Running against the built-in sandbox API at {options['base_url']} "
-                "(no real calls, no token needed).",
+                f"Sandbox mode: running {options['input_csv']} against the built-in sandbox API "
+                f"at {options['base_url']} (no real calls, no token needed).",
                 err=True,
             )
         config = _make_config(options, sandbox=use_sandbox)
@@ -253,7 +253,10 @@ def _print_report(report: runner.RunReport) -> None:
         f"this run: {req['calls']:,} calls, {req['fetched']:,} fetched, {req['failed']:,} failed, "
         f"{req['retried']:,} retried, {req['rate_limited']:,} rate-limited, {s['duration_s']:.1f} s"
     )
-    click.echo(f"output: {s['out']}  (failures: {s['failures_file']}, {s['failures_rows']:,} rows)")
+    rows = s["failures_rows"]
+    click.echo(
+        f"output: {s['out']}  (failures: {s['failures_file']}, {rows:,} row{'s' * (rows != 1)})"
+    )
 
 
 def _configure_logging(debug: bool) -> None:

@@ -1,0 +1,211 @@
+"""The command line: exact messages and exit codes, through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+
+from pipeline.cli import Seams, cli
+from tests.helpers import make_id, read_table, write_ids
+
+SNAPSHOT = "2026-11-28"
+
+
+def invoke(
+    args: list[str],
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    token: str | None = "sandbox",
+) -> Result:
+    env = {"JUSTONEAPI_TOKEN": token, "JUSTONEAPI_BASE_URL": None}
+    return CliRunner().invoke(cli, args, obj=Seams(transport=transport), env=env)
+
+
+def run_args(ids_csv: Path, out: Path, base_url: str, *extra: str) -> list[str]:
+    return [
+        "run",
+        str(ids_csv),
+        "--out",
+        str(out),
+        "--base-url",
+        base_url,
+        "--snapshot-date",
+        SNAPSHOT,
+        "--no-progress",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def ids_csv(tmp_path: Path) -> Path:
+    return write_ids(tmp_path / "ids.csv", [make_id(i) for i in range(6)])
+
+
+def test_a_completed_run_exits_0_and_prints_a_three_line_summary(
+    sandbox, ids_csv: Path, tmp_path: Path
+) -> None:
+    api = sandbox()
+    result = invoke(run_args(ids_csv, tmp_path / "out", api.base_url))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"snapshot {SNAPSHOT}: 6 profiles, 0 failed, 0 pending"
+    assert lines[1].startswith("this run: 6 calls, 6 fetched, 0 failed, 0 retried, 0 rate-limited")
+    assert lines[2] == (
+        f"output: {tmp_path / 'out'}  (failures: failures/dt={SNAPSHOT}/failures.csv, 0 rows)"
+    )
+    assert result.stderr == ""
+
+
+def test_missing_token_exits_2_naming_the_environment_variable(
+    ids_csv: Path, tmp_path: Path
+) -> None:
+    result = invoke(run_args(ids_csv, tmp_path / "out", "http://127.0.0.1:9"), token=None)
+    assert result.exit_code == 2
+    assert result.stderr == ("xhs-profiles: no API token: set JUSTONEAPI_TOKEN (or pass --token)\n")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--base-url", "ftp://example.com"],
+            "xhs-profiles: --base-url must be an http:// or https:// URL, got 'ftp://example.com'\n",
+        ),
+        (
+            ["--snapshot-date", "28/11/2026"],
+            "xhs-profiles: --snapshot-date must be a date as YYYY-MM-DD, got '28/11/2026'\n",
+        ),
+        (
+            ["--region", "cn", "--base-url", "http://127.0.0.1:9"],
+            "xhs-profiles: give --region or --base-url, not both\n",
+        ),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(
+    ids_csv: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    base = ["run", str(ids_csv), "--out", str(tmp_path / "out"), "--no-progress"]
+    result = invoke(base + args)
+    assert result.exit_code == 2
+    assert result.stderr == message
+
+
+def test_click_rejects_a_concurrency_of_zero_with_exit_2(ids_csv: Path, tmp_path: Path) -> None:
+    result = invoke(["run", str(ids_csv), "--out", str(tmp_path), "--concurrency", "0"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--concurrency': 0 is not in the range 1<=x<=256." in result.stderr
+
+
+def test_a_missing_input_file_exits_2_before_anything_is_created(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.csv"
+    result = invoke(run_args(missing, tmp_path / "out", "http://127.0.0.1:9"))
+    assert result.exit_code == 2
+    assert result.stderr == f"xhs-profiles: input file not found: {missing}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_that_is_a_file_exits_2(ids_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    out.write_text("x")
+    result = invoke(run_args(ids_csv, out, "http://127.0.0.1:9"))
+    assert result.exit_code == 2
+    assert result.stderr == f"xhs-profiles: --out {out} is a file, not a folder\n"
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (100, "token invalid or inactive (code 100): check JUSTONEAPI_TOKEN"),
+        (303, "daily quota exceeded (code 303): rerun after the quota resets; progress is kept"),
+        (600, "permission denied (code 600): this token may not call get-user/v4"),
+        (601, "insufficient balance (code 601): top up the account, then rerun; progress is kept"),
+    ],
+)
+def test_account_level_codes_exit_3_with_what_to_do(
+    sandbox, tmp_path: Path, code: int, message: str
+) -> None:
+    ids = sorted(make_id(i) for i in range(5))
+    api = sandbox(scripts={ids[2]: [f"code:{code}"]})
+    csv_path = write_ids(tmp_path / "ids.csv", ids)
+    result = invoke(run_args(csv_path, tmp_path / "out", api.base_url, "--concurrency", "1"))
+    assert result.exit_code == 3
+    assert result.stderr == f"xhs-profiles: stopped: {message}\n"
+    assert result.stdout.splitlines()[0] == f"snapshot {SNAPSHOT}: 2 profiles, 0 failed, 3 pending"
+
+
+def test_a_removed_endpoint_exits_3_and_suggests_v3(sandbox, ids_csv: Path, tmp_path: Path) -> None:
+    api = sandbox(gone_versions=frozenset({"v4"}))
+    result = invoke(run_args(ids_csv, tmp_path / "out", api.base_url))
+    assert result.exit_code == 3
+    assert result.stderr == (
+        "xhs-profiles: stopped: the get-user/v4 endpoint answered HTTP 404: it may have been "
+        "removed; try --api-version v3\n"
+    )
+
+
+def test_max_calls_exits_4_and_dry_run_then_counts_what_is_left(
+    sandbox, ids_csv: Path, tmp_path: Path
+) -> None:
+    api = sandbox()
+    out = tmp_path / "out"
+    result = invoke(run_args(ids_csv, out, api.base_url, "--max-calls", "2", "--concurrency", "1"))
+    assert result.exit_code == 4
+    assert result.stderr == (
+        "xhs-profiles: stopped: --max-calls 2 reached; the rest stays pending: "
+        "rerun the same command to go on\n"
+    )
+    dry = invoke(run_args(ids_csv, out, api.base_url, "--dry-run"))
+    assert dry.exit_code == 0
+    assert dry.stdout == (
+        f"dry run: 4 ids would be called (snapshot {SNAPSHOT}, {out}); no call made\n"
+    )
+    assert api.stats().calls == 2
+
+
+def test_the_http_transport_is_injectable_through_the_cli(ids_csv: Path, tmp_path: Path) -> None:
+    """The same seam the unit tests use: no server at all, an httpx.MockTransport answers."""
+    seen: list[str] = []
+    sample = json.loads(Path("tests/golden/seed-get-user-v4-response.json").read_text())
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.params["userId"])
+        data = {**sample["data"], "userid": request.url.params["userId"]}
+        return httpx.Response(200, json={"code": 0, "data": data})
+
+    out = tmp_path / "out"
+    result = invoke(
+        run_args(ids_csv, out, "http://api.invalid"), transport=httpx.MockTransport(answer)
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(seen) == sorted(make_id(i) for i in range(6))
+    assert read_table(out, "profiles")["nickname"].to_list() == ["小顾小小家"] * 6
+
+
+def test_sandbox_flag_runs_without_a_token_and_says_so(ids_csv: Path, tmp_path: Path) -> None:
+    result = invoke(
+        ["run", str(ids_csv), "--out", str(tmp_path / "out"), "--sandbox", "--no-progress"],
+        token=None,
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(
+        f"Sandbox mode: running {ids_csv} against the built-in sandbox API at http://127.0.0.1:"
+    )
+    assert "no real calls" in result.stderr
+
+
+def test_help_lists_the_exit_codes() -> None:
+    result = invoke(["run", "--help"])
+    assert result.exit_code == 0
+    for line in (
+        "0  completed",
+        "2  bad usage or bad input",
+        "3  stopped early",
+        "4  --max-calls reached",
+        "5  output or state could not be written",
+    ):
+        assert line in result.stdout
