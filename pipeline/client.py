@@ -72,8 +72,10 @@ import logging
 import math
 import random
 import re
+import urllib.request
 from collections.abc import Callable
 from typing import Final
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -128,7 +130,11 @@ USER_AGENT: Final = f"xhs-profiles/{_version()}"
 
 
 def make_http_client(
-    *, concurrency: int, timeout: float, transport: httpx.AsyncBaseTransport | None = None
+    *,
+    concurrency: int,
+    timeout: float,
+    transport: httpx.AsyncBaseTransport | None = None,
+    proxy: str | None = None,
 ) -> httpx.AsyncClient:
     """An ``AsyncClient`` with a keep-alive pool of ``concurrency`` connections.
 
@@ -140,7 +146,11 @@ def make_http_client(
     if transport is None:
         # Measured here on 5,000 zero-latency calls at concurrency 16: httpx's own transport
         # (httpcore) needed 1.6 to 1.8 times the CPU and wall time of the aiohttp transport.
-        transport = AiohttpTransport(limits=limits, client=lambda: _aiohttp_session(concurrency))
+        transport = AiohttpTransport(
+            limits=limits,
+            client=lambda: _aiohttp_session(concurrency),
+            proxy=httpx.Proxy(proxy) if proxy else None,
+        )
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout),
         limits=limits,
@@ -150,10 +160,22 @@ def make_http_client(
     )
 
 
+def env_proxy(url: str) -> str | None:
+    """The proxy that HTTPS_PROXY/HTTP_PROXY/ALL_PROXY and NO_PROXY set for ``url``, if any."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host in ("localhost", "127.0.0.1", "::1") or urllib.request.proxy_bypass(host):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
 def _aiohttp_session(concurrency: int) -> aiohttp.ClientSession:
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=30),
-        trust_env=True,  # honour HTTPS_PROXY / NO_PROXY, as httpx would
+        # Not trust_env: aiohttp would then read the proxy variables and ~/.netrc in a thread
+        # for every request (a third of the CPU here); ``env_proxy`` reads them once instead.
+        trust_env=False,
     )
     # aiohttp silently re-sends a GET once when a kept-alive connection drops.  Every call is
     # billed and must pass the rate limiter, so retries are ours alone (no public switch exists;

@@ -25,6 +25,7 @@ from pipeline.client import (
     USER_AGENT,
     ProfileClient,
     backoff_delay,
+    env_proxy,
     install_log_redaction,
     make_http_client,
     redact,
@@ -718,7 +719,7 @@ async def test_make_http_client_pools_keepalive_connections_and_never_follows_re
             # aiohttp's silent re-send of a GET on a dropped keep-alive connection is off:
             # every call is billed, so only the runner may retry.
             assert session._retry_connection is False
-            assert session.trust_env is True
+            assert session.trust_env is False  # proxies are read once, by env_proxy
         finally:
             await session.close()
 
@@ -738,3 +739,37 @@ def test_backoff_uses_full_jitter() -> None:
     delays = {backoff_delay(5) for _ in range(50)}
     assert all(0 <= d < 16 for d in delays)
     assert len(delays) > 1
+
+
+@pytest.mark.parametrize(
+    ("env", "url", "expected"),
+    [
+        ({}, "https://api.example.com", None),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "https://api.example.com", "http://proxy:3128"),
+        ({"https_proxy": "http://proxy:3128"}, "http://api.example.com", None),
+        (
+            {"HTTP_PROXY": "http://p:1", "NO_PROXY": "api.example.com"},
+            "http://api.example.com",
+            None,
+        ),
+        ({"ALL_PROXY": "socks5://p:1"}, "http://api.example.com", "socks5://p:1"),
+        ({"HTTP_PROXY": "http://p:1"}, "http://127.0.0.1:8000", None),
+    ],
+)
+def test_env_proxy_reads_the_proxy_variables_once_like_httpx(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], url: str, expected: str | None
+) -> None:
+    for name in (
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert env_proxy(url) == expected
