@@ -1,0 +1,90 @@
+"""A realistic fake of Just One API's ``GET /api/xiaohongshu/get-user/v4`` (and ``/v3``).
+
+It serves ``make run`` without a token, every end-to-end test and the benchmark, on loopback.
+
+Rules it follows:
+
+- A request passes these checks in order; the first that fires answers it: the version is in
+  ``gone_versions`` (HTTP 404 HTML) → the token is not ``config.token`` (code 100) → the daily
+  quota is used up (code 303) → the token bucket (``rate_limit`` a second, burst of one
+  second's worth) is empty (code 302, HTTP 200) → ``userId`` is not 24 hex characters (code
+  400) → the id's script, then ``never_succeed`` (code 500 for ever), then ``fault_mix`` (the
+  id's first answered call only) → success.  v3 also accepts a profile URL as ``userId``.
+  Every code-302 answer, limiter or scripted, carries ``Retry-After`` when ``retry_after`` is
+  set.  Latency is slept after the decision, so a client that gives up still paid for its call.
+- The ledger is exact and written before any wait: every API request counts in ``calls`` and
+  ``calls_by_id`` (what the vendor would bill); ``successes_by_id`` counts the answers a correct
+  client stores as a profile (modes ``ok``, ``slow``, ``display_counts``, ``code_string``), and
+  those are what the daily quota counts.  ``by_code`` keys are the body's business code, the HTTP
+  status for non-JSON answers (and ``no_code``), or -1 when no complete answer was sent.
+- A script's modes apply to the id's next calls that get past the checks above, from the moment
+  it is set; after the list the id behaves normally.  Fault and ``never_succeed`` draws are
+  deterministic: a BLAKE2 hash of (seed, purpose, id), never ``hash()``, which changes between
+  processes.
+- Profiles are deterministic per (id, seed) and built from the real seed sample (a copy lives in
+  ``pipeline/sandbox/data``): counters vary but keep the facts real samples show
+  (interaction count == liked + collected, fans/follows equal their interactions entries,
+  ``ndiscovery == note_num_stat.posted``); tags, privacy, optional keys and locations vary.
+- The hot path is cheap: a profile's ``data`` bytes are generated once and kept in an LRU cache,
+  the envelope is joined as bytes, ``recordTime`` is formatted once a second, access log is off.
+  ``build_profile`` gives the same data to tests that want profiles without a server.
+- Messages never echo the token.
+
+Modes (for ``scripts``, ``fault_mix`` and ``POST /_sandbox/script``):
+
+=================  ==========================================================================
+mode               answer
+=================  ==========================================================================
+``ok``             HTTP 200, code 0, the id's profile
+``code:N``         HTTP 200, JSON ``{"code": N, "message": ..., "data": null}``;
+                   ``301``, ``500``, ``503``, ... are aliases
+``status:S:N``     HTTP S with the same JSON body (as newer vendor specs declare)
+``htmlS``          HTTP S, ``text/html`` error page as a proxy sends; ``html502``, ``html503``;
+                   ``502`` is an alias of ``html502``
+``gone``           HTTP 404 ``text/html``: the endpoint itself is removed
+``reset``          the connection is closed (RST) without any response
+``reset_mid``      headers and half the body, then the connection is aborted
+``truncated``      ``Content-Length`` of the whole body, part of it, then a clean close
+``drip``           headers, then the body one byte a second (past any sane read timeout)
+``huge``           a valid success body of about 8 MB (a giant ``desc``)
+``deep``           success, ``data.nested`` is an array nested 5000 levels deep
+``bigint``         success, ``data.fans`` is an integer of 5000 digits
+``wrong_types``    success, ``fans: "abc"``, ``tags: {}``, ``interactions: null``, ``level: "7"``
+``code_string``    success with ``"code": "0"`` (as older specs declared)
+``data_null``      code 0, ``data: null``
+``empty_data``     code 0, ``data: {}``
+``no_result``      code 0, ``data: {"result": {"success": false, "code": -1, ...}}``
+``no_code``        the success envelope without ``code``
+``not_json``       HTTP 200, ``text/html`` page
+``display_counts``  success, ``interactions[].count`` as display strings (``"1.2万"``, ``"10万+"``)
+``slow``           success after max(2 × the latency's maximum, 1 s)
+=================  ==========================================================================
+
+``GET /_sandbox/stats`` returns the ledger as JSON; ``POST /_sandbox/script`` takes
+``{user_id: [modes]}``, so a test can drive a sandbox running in another process.
+"""
+
+from pipeline.sandbox.config import (
+    SandboxConfig,
+    SandboxListenError,
+    SandboxOptionError,
+    SandboxStats,
+    parse_mode,
+)
+from pipeline.sandbox.profiles import TOAST_FANS, TOAST_FOLLOWS, build_profile, display_count
+from pipeline.sandbox.server import Sandbox, make_app, serve
+
+__all__ = [
+    "TOAST_FANS",
+    "TOAST_FOLLOWS",
+    "Sandbox",
+    "SandboxConfig",
+    "SandboxListenError",
+    "SandboxOptionError",
+    "SandboxStats",
+    "build_profile",
+    "display_count",
+    "make_app",
+    "parse_mode",
+    "serve",
+]

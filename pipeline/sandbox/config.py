@@ -1,0 +1,223 @@
+"""The sandbox's modes, configuration and ledger snapshot (no server code here)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+import orjson
+
+from pipeline.errors import UsageError
+
+API_PATH: Final = "/api/xiaohongshu/get-user/{version}"
+VERSIONS: Final = frozenset({"v3", "v4"})
+NO_RESPONSE: Final = -1
+MESSAGES: Final = {
+    0: "success",
+    100: "token invalid or inactive",
+    301: "collection failed, please retry",
+    302: "rate limit exceeded",
+    303: "daily quota exceeded",
+    400: "invalid parameters",
+    404: "not found",
+    500: "internal server error",
+    503: "service unavailable",
+    600: "permission denied",
+    601: "insufficient balance",
+}
+
+
+class SandboxOptionError(UsageError, ValueError):
+    """A sandbox option is malformed (a ValueError too, for callers that catch that)."""
+
+
+class SandboxListenError(UsageError, OSError):
+    """The sandbox cannot listen on the requested address (an OSError too)."""
+
+
+# --- modes -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    """One way of answering: ``kind`` picks the writer, ``ledger_code`` is its ``by_code`` key."""
+
+    name: str
+    kind: str
+    status: int = 200
+    code: int = 0
+    success: bool = False
+
+    @property
+    def ledger_code(self) -> int:
+        if self.kind in ("reset", "reset_mid", "truncated", "drip"):
+            return NO_RESPONSE
+        if self.kind in ("html", "not_json", "no_code"):
+            return self.status
+        return self.code
+
+
+_SUCCESS_KINDS: Final = frozenset({"ok", "slow", "display_counts", "code_string"})
+_SIMPLE_KINDS: Final = frozenset({
+    "ok", "slow", "display_counts", "code_string", "reset", "reset_mid", "truncated", "drip",
+    "huge", "deep", "bigint", "wrong_types", "data_null", "empty_data", "no_result", "no_code",
+    "not_json",
+})  # fmt: skip
+
+
+def parse_mode(text: str) -> Mode:
+    """The mode named by ``text`` (aliases resolved), or SandboxOptionError."""
+    name = text.strip().lower()
+    if name == "502":
+        name = "html502"
+    elif name.isdigit():
+        name = f"code:{name}"
+    if name in _SIMPLE_KINDS:
+        return Mode(name, name, success=name in _SUCCESS_KINDS)
+    if name == "gone":
+        return Mode(name, "html", status=404)
+    parts = name.split(":")
+    try:
+        if parts[0] == "code" and len(parts) == 2:
+            return Mode(name, "code", code=int(parts[1]))
+        if parts[0] == "status" and len(parts) == 3 and 200 <= int(parts[1]) <= 599:
+            return Mode(name, "code", status=int(parts[1]), code=int(parts[2]))
+        if name.startswith("html") and 400 <= int(name[4:]) <= 599:
+            return Mode(name, "html", status=int(name[4:]))
+    except ValueError:
+        pass
+    known = ", ".join(sorted(_SIMPLE_KINDS | {"code:N", "status:S:N", "htmlS", "gone"}))
+    raise SandboxOptionError(f"unknown sandbox mode {text!r}; use one of: {known}")
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """How the fake API behaves; immutable, validated on construction (mode names canonical)."""
+
+    token: str = field(default="sandbox", repr=False)
+    latency: tuple[float, float] = (0.0, 0.0)
+    rate_limit: float | None = None
+    retry_after: float | None = None
+    daily_quota: int | None = None
+    fault_mix: Mapping[str, float] = field(default_factory=dict)
+    never_succeed: float = 0.0
+    scripts: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    gone_versions: frozenset[str] = frozenset()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        lo, hi = float(self.latency[0]), float(self.latency[1])
+        if not 0 <= lo <= hi:
+            raise SandboxOptionError(f"latency must be 0 <= MIN <= MAX seconds, got {lo}..{hi}")
+        if not self.token:
+            raise SandboxOptionError("the sandbox token must not be empty")
+        if self.rate_limit is not None and not self.rate_limit > 0:
+            raise SandboxOptionError(f"rate_limit must be > 0 requests/s, got {self.rate_limit}")
+        for name in ("retry_after", "daily_quota"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:  # written so that NaN fails too
+                raise SandboxOptionError(f"{name} must be >= 0, got {value}")
+        if not 0 <= self.never_succeed <= 1:
+            raise SandboxOptionError("never_succeed must be a share between 0 and 1")
+        fault_mix = {parse_mode(m).name: float(p) for m, p in self.fault_mix.items()}
+        if any(not 0 <= p <= 1 for p in fault_mix.values()) or sum(fault_mix.values()) > 1:
+            raise SandboxOptionError("fault_mix probabilities must be in 0..1 and sum to <= 1")
+        scripts = {uid: tuple(parse_mode(m).name for m in ms) for uid, ms in self.scripts.items()}
+        if not self.gone_versions <= VERSIONS:
+            raise SandboxOptionError(f"gone_versions must be among {sorted(VERSIONS)}")
+        object.__setattr__(self, "latency", (lo, hi))
+        object.__setattr__(self, "fault_mix", MappingProxyType(fault_mix))
+        object.__setattr__(self, "scripts", MappingProxyType(scripts))
+        object.__setattr__(self, "gone_versions", frozenset(self.gone_versions))
+
+    @classmethod
+    def from_options(cls, **kwargs: Any) -> SandboxConfig:
+        """Build from loose option values: strings are parsed, ``None`` means the default.
+
+        ``latency``: a number, ``(min, max)``, ``"MIN:MAX"``, ``"MIN-MAX"`` or ``"MIN,MAX"``;
+        ``fault_mix``: ``"301:0.05,reset:0.02"``; ``scripts``: ``"ID=mode,mode;ID2=mode"``;
+        ``gone_versions``: ``"v4"`` or ``"v3,v4"`` or any iterable.
+        """
+        unknown = set(kwargs) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown sandbox option(s): {', '.join(sorted(unknown))}")
+        values = {k: v for k, v in kwargs.items() if v is not None}
+        try:
+            if "latency" in values:
+                values["latency"] = _parse_latency(values["latency"])
+            if isinstance(values.get("fault_mix"), str):
+                values["fault_mix"] = _parse_fault_mix(values["fault_mix"])
+            if isinstance(values.get("scripts"), str):
+                values["scripts"] = _parse_scripts(values["scripts"])
+            if "gone_versions" in values:
+                gone = values["gone_versions"]
+                items = gone.split(",") if isinstance(gone, str) else gone
+                values["gone_versions"] = frozenset(v.strip() for v in items if v.strip())
+            for name in ("rate_limit", "retry_after", "never_succeed", "daily_quota", "seed"):
+                if name in values:
+                    values[name] = (int if name in ("daily_quota", "seed") else float)(values[name])
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, SandboxOptionError):
+                raise
+            raise SandboxOptionError(f"bad sandbox option: {exc}") from None
+
+
+def _parse_latency(value: object) -> tuple[float, float]:
+    if isinstance(value, int | float):
+        return (float(value), float(value))
+    parts = re.split(r"[:,]|(?<=\d)-", value.strip()) if isinstance(value, str) else value
+    if isinstance(parts, Sequence) and len(parts) in (1, 2):
+        return (float(parts[0]), float(parts[-1]))
+    raise SandboxOptionError(f"latency must be MIN or MIN:MAX seconds, got {value!r}")
+
+
+def _parse_fault_mix(text: str) -> dict[str, float]:
+    mix: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        mode, sep, share = item.rpartition(":")
+        if not sep or not mode:
+            raise SandboxOptionError(f"fault mix item {item!r} is not MODE:PROBABILITY")
+        mix[parse_mode(mode).name] = float(share)
+    return mix
+
+
+def _parse_scripts(text: str) -> dict[str, list[str]]:
+    scripts: dict[str, list[str]] = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        user_id, sep, modes = item.partition("=")
+        if not sep or not user_id.strip():
+            raise SandboxOptionError(f"script item {item!r} is not ID=MODE,MODE")
+        scripts[user_id.strip()] = [m for m in modes.split(",") if m.strip()]
+    return scripts
+
+
+@dataclass(frozen=True)
+class SandboxStats:
+    """A snapshot of the ledger."""
+
+    calls: int
+    calls_by_id: dict[str, int]
+    successes_by_id: dict[str, int]
+    by_code: dict[int, int]
+
+    @property
+    def successes(self) -> int:
+        return sum(self.successes_by_id.values())
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self, option=orjson.OPT_NON_STR_KEYS)
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> SandboxStats:
+        raw = orjson.loads(body)
+        by_code = {int(code): int(n) for code, n in raw["by_code"].items()}
+        return cls(
+            int(raw["calls"]), dict(raw["calls_by_id"]), dict(raw["successes_by_id"]), by_code
+        )

@@ -1,0 +1,439 @@
+"""The aiohttp server: checks, modes, the ledger, and the thread-hosted ``Sandbox``."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import re
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Final, TypeVar
+from urllib.parse import unquote
+
+import orjson
+from aiohttp import web
+
+from pipeline.sandbox.config import (
+    API_PATH,
+    MESSAGES,
+    VERSIONS,
+    Mode,
+    SandboxConfig,
+    SandboxListenError,
+    SandboxOptionError,
+    SandboxStats,
+    parse_mode,
+)
+from pipeline.sandbox.profiles import (
+    NOT_JSON_PAGE,
+    display_count,
+    draw,
+    giant_desc_json,
+    html_page,
+    profile_json,
+)
+
+_T = TypeVar("_T")
+_ID = re.compile(r"[0-9a-fA-F]{24}")
+_PROFILE_URL_ID = re.compile(r"/user/profile/([0-9a-fA-F]{24})")
+_NESTING: Final = 5000
+_BIG_DIGITS: Final = 5000
+_JSON = {"Content-Type": "application/json"}
+_HTML = {"Content-Type": "text/html; charset=utf-8"}
+
+# --- the server --------------------------------------------------------------------------------
+
+_GONE = parse_mode("gone")
+_REJECTIONS: Final = {code: parse_mode(f"code:{code}") for code in (100, 302, 303, 400, 500)}
+_OK = parse_mode("ok")
+
+
+class _ServerState:
+    """The ledger, scripts and token bucket of one server; touched only by its event loop."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.scripts: dict[str, tuple[int, tuple[Mode, ...]]] = {
+            uid: (0, tuple(map(parse_mode, modes))) for uid, modes in config.scripts.items()
+        }
+        self.fault_table: list[tuple[float, Mode]] = []
+        cumulative = 0.0
+        for name, share in config.fault_mix.items():
+            cumulative += share
+            self.fault_table.append((cumulative, parse_mode(name)))
+        self.calls = 0
+        self.successes = 0
+        self.ledger: dict[str, list[int]] = {}  # id → [calls, successes, calls past the checks]
+        self.by_code: dict[int, int] = {}
+        self.burst = max(1.0, config.rate_limit or 0.0)
+        self.tokens = self.burst
+        self.refilled_at = time.monotonic()
+        self.latency_rng = random.Random(config.seed)
+        self.slow_delay = max(2 * config.latency[1], 1.0)
+        self.retry_after = None if config.retry_after is None else f"{config.retry_after:g}"
+        self._prefix = str(uuid.uuid4())[:24].encode()
+        self._serial = 0
+        self._second = -1
+        self._stamp = b""
+
+    def decide(self, version: str, token: str | None, raw_id: str) -> tuple[str, Mode]:
+        """Record the call in the ledger and pick how to answer it."""
+        user_id = raw_id
+        if version == "v3" and not _ID.fullmatch(raw_id):
+            found = _PROFILE_URL_ID.search(unquote(raw_id))
+            user_id = found.group(1) if found else raw_id
+        entry = self.ledger.get(user_id)
+        if entry is None:
+            entry = self.ledger[user_id] = [0, 0, 0]
+        entry[0] += 1
+        self.calls += 1
+        mode = self._gate(version, token, user_id) or self._scheduled(user_id, entry)
+        if mode.success:
+            entry[1] += 1
+            self.successes += 1
+        code = mode.ledger_code
+        self.by_code[code] = self.by_code.get(code, 0) + 1
+        return user_id, mode
+
+    def _gate(self, version: str, token: str | None, user_id: str) -> Mode | None:
+        config = self.config
+        if version in config.gone_versions or version not in VERSIONS:
+            return _GONE
+        if token != config.token:
+            return _REJECTIONS[100]
+        if config.daily_quota is not None and self.successes >= config.daily_quota:
+            return _REJECTIONS[303]
+        if config.rate_limit is not None and not self._take_token(config.rate_limit):
+            return _REJECTIONS[302]
+        if not _ID.fullmatch(user_id):
+            return _REJECTIONS[400]
+        return None
+
+    def _take_token(self, rate: float) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.refilled_at) * rate)
+        self.refilled_at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+    def _scheduled(self, user_id: str, entry: list[int]) -> Mode:
+        entry[2] += 1
+        script = self.scripts.get(user_id)
+        if script is not None:
+            start, modes = script
+            if 0 <= entry[2] - start - 1 < len(modes):
+                return modes[entry[2] - start - 1]
+        seed = self.config.seed
+        if self.config.never_succeed and (
+            draw(seed, "never", user_id) / 2**64 < self.config.never_succeed
+        ):
+            return _REJECTIONS[500]
+        if entry[2] == 1 and self.fault_table:
+            roll = draw(seed, "fault", user_id) / 2**64
+            for cumulative, mode in self.fault_table:
+                if roll < cumulative:
+                    return mode
+        return _OK
+
+    def set_script(self, user_id: str, modes: Sequence[str]) -> None:
+        """Give ``user_id``'s next calls these modes (replacing any script it had)."""
+        parsed = tuple(map(parse_mode, modes))
+        entry = self.ledger.get(user_id)
+        self.scripts[user_id] = (entry[2] if entry else 0, parsed)
+
+    def snapshot(self) -> SandboxStats:
+        return SandboxStats(
+            calls=self.calls,
+            calls_by_id={uid: e[0] for uid, e in self.ledger.items()},
+            successes_by_id={uid: e[1] for uid, e in self.ledger.items() if e[1]},
+            by_code=dict(self.by_code),
+        )
+
+    def envelope(self, code: bytes | None, message: str, data: bytes) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)).encode()
+        self._serial += 1
+        head = b'{"code":' + code + b"," if code is not None else b"{"
+        return b"".join((head, b'"message":', orjson.dumps(message), b',"recordTime":"',
+                         self._stamp, b'","requestId":"', self._prefix, b"%012x" % self._serial,
+                         b'","data":', data, b"}"))  # fmt: skip
+
+    def success_body(self, user_id: str) -> bytes:
+        return self.envelope(b"0", "success", profile_json(user_id, self.config.seed))
+
+
+_STATE: Final = web.AppKey("xhs_sandbox_state", _ServerState)
+
+
+def _json_response(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, headers=_JSON)
+
+
+def _abort(request: web.BaseRequest) -> None:
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:  # linger 0: the peer gets a RST, not a clean end of stream
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+_FIXED_DATA: Final = {
+    "data_null": b"null",
+    "empty_data": b"{}",
+    "no_result": b'{"result":{"success":false,"code":-1,"message":"user not found"}}',
+}
+
+
+def _json_body(state: _ServerState, mode: Mode, uid: str) -> bytes:
+    """The body of every mode that sends a whole JSON document."""
+    kind = mode.kind
+    if kind == "code":
+        return state.envelope(b"%d" % mode.code, MESSAGES.get(mode.code, "error"), b"null")
+    if kind in _FIXED_DATA:
+        return state.envelope(b"0", "success", _FIXED_DATA[kind])
+    data = profile_json(uid, state.config.seed)
+    if kind in ("code_string", "no_code"):
+        return state.envelope(b'"0"' if kind == "code_string" else None, "success", data)
+    if kind == "deep":
+        data = data[:-1] + b',"nested":' + b"[" * _NESTING + b"]" * _NESTING + b"}"
+    elif kind in ("wrong_types", "display_counts", "huge", "bigint"):
+        data = _rewritten(kind, data)
+    return state.envelope(b"0", "success", data)
+
+
+def _rewritten(kind: str, data: bytes) -> bytes:
+    """Profile data made hostile; JSON libraries refuse to write what huge and bigint need."""
+    profile = orjson.loads(data)
+    if kind == "wrong_types":
+        profile.update(fans="abc", tags={}, interactions=None, level="7")
+    elif kind == "display_counts":
+        styles = {"follows": "thousand", "fans": "wan", "interaction": "plus"}
+        for entry in profile["interactions"]:
+            entry["count"] = display_count(entry["count"], styles[entry["type"]])
+    else:
+        profile["desc" if kind == "huge" else "fans"] = "\0"
+    filler = giant_desc_json() if kind == "huge" else b"1234567890" * (_BIG_DIGITS // 10)
+    return orjson.dumps(profile).replace(b'"\\u0000"', filler)
+
+
+async def _answer(
+    state: _ServerState, request: web.Request, mode: Mode, uid: str
+) -> web.StreamResponse:
+    kind = mode.kind
+    if kind == "html":
+        return web.Response(body=html_page(mode.status), status=mode.status, headers=_HTML)
+    if kind == "not_json":
+        return web.Response(body=NOT_JSON_PAGE, headers=_HTML)
+    if kind == "reset":
+        _abort(request)
+        return web.Response()
+    if kind not in ("reset_mid", "truncated", "drip"):
+        whole = _json_response(_json_body(state, mode, uid), mode.status)
+        if mode.code == 302 and state.retry_after is not None:
+            whole.headers["Retry-After"] = state.retry_after
+        return whole
+    body = state.success_body(uid)
+    response = web.StreamResponse(headers=_JSON)
+    response.content_length = len(body)
+    await response.prepare(request)
+    transport = request.transport
+    if kind == "drip":
+        try:
+            for i in range(len(body)):
+                await asyncio.sleep(1.0)
+                if transport is None or transport.is_closing():
+                    break
+                await response.write(body[i : i + 1])
+        except ConnectionError:
+            pass  # the client gave up, as it should
+    elif kind == "reset_mid":
+        await response.write(body[: len(body) // 2])
+        _abort(request)
+    else:
+        await response.write(body[: len(body) * 2 // 3])
+        if transport is not None:
+            transport.close()  # a clean FIN after a short body
+    return response
+
+
+async def _handle_api(request: web.Request) -> web.StreamResponse:
+    state = request.app[_STATE]
+    query = request.query
+    version, token = request.match_info["version"], query.get("token")
+    uid, mode = state.decide(version, token, query.get("userId", ""))
+    if mode.kind == "slow":
+        await asyncio.sleep(state.slow_delay)
+    elif state.config.latency[1] > 0:
+        await asyncio.sleep(state.latency_rng.uniform(*state.config.latency))
+    if mode is _OK:  # the hot path
+        return web.Response(body=state.success_body(uid), headers=_JSON)
+    return await _answer(state, request, mode, uid)
+
+
+async def _handle_stats(request: web.Request) -> web.Response:
+    return _json_response(request.app[_STATE].snapshot().to_json())
+
+
+async def _handle_script(request: web.Request) -> web.Response:
+    state = request.app[_STATE]
+    try:
+        scripts = orjson.loads(await request.read())
+        if not isinstance(scripts, dict) or not all(
+            isinstance(modes, list) and all(isinstance(m, str) for m in modes)
+            for modes in scripts.values()
+        ):
+            raise SandboxOptionError('expected a JSON object {"user_id": ["mode", ...]}')
+        parsed = {uid: [parse_mode(m).name for m in modes] for uid, modes in scripts.items()}
+    except (orjson.JSONDecodeError, SandboxOptionError) as exc:
+        return _json_response(orjson.dumps({"ok": False, "error": str(exc)}), 400)
+    for uid, modes in parsed.items():
+        state.set_script(uid, modes)
+    return _json_response(orjson.dumps({"ok": True, "scripted": sorted(parsed)}))
+
+
+def make_app(config: SandboxConfig) -> web.Application:
+    """The sandbox as an aiohttp application (its ledger lives in the app)."""
+    app = web.Application()
+    app[_STATE] = _ServerState(config)
+    app.router.add_get(API_PATH, _handle_api)
+    app.router.add_get("/_sandbox/stats", _handle_stats)
+    app.router.add_post("/_sandbox/script", _handle_script)
+    return app
+
+
+async def _listen(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
+    # A short shutdown timeout: stopping must not wait for drip answers to finish.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        reason = f"{exc.strerror or exc}; choose another port"
+        raise SandboxListenError(exc.errno or 0, reason) from exc
+    bound_host, bound_port = runner.addresses[0][:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return runner, f"http://{shown}:{bound_port}"
+
+
+async def serve(
+    config: SandboxConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until cancelled; prints nothing (``on_ready`` gets the base URL once listening)."""
+    runner, base_url = await _listen(make_app(config), host, port)
+    try:
+        if on_ready is not None:
+            on_ready(base_url)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+class Sandbox:
+    """The sandbox in a background thread with its own event loop (for tests and ``--sandbox``).
+
+    Starting again after ``stop`` gives a fresh ledger; ``stats()`` still works after ``stop``.
+    """
+
+    def __init__(
+        self, config: SandboxConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.config = config if config is not None else SandboxConfig()
+        self.host = host
+        self.port = port
+        self.base_url = ""
+        self._state: _ServerState | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+
+    def start(self) -> str:
+        """Listen and return the base URL, e.g. ``http://127.0.0.1:54321``."""
+        if self._thread is not None:
+            return self.base_url
+        ready = threading.Event()
+        failures: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(self._main(ready))
+            except BaseException as exc:  # reported to start()'s caller below
+                failures.append(exc)
+                ready.set()
+
+        thread = threading.Thread(target=run, name="xhs-profiles-sandbox", daemon=True)
+        thread.start()
+        ready.wait()
+        if failures:
+            thread.join()
+            raise failures[0]
+        self._thread = thread
+        return self.base_url
+
+    async def _main(self, ready: threading.Event) -> None:
+        app = make_app(self.config)
+        self._state = app[_STATE]
+        runner, self.base_url = await _listen(app, self.host, self.port)
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            await runner.cleanup()
+
+    def stop(self) -> None:
+        thread, loop, stopping = self._thread, self._loop, self._stopping
+        if thread is None or loop is None or stopping is None:
+            return
+        loop.call_soon_threadsafe(stopping.set)
+        thread.join(timeout=10)
+        self._thread = self._loop = self._stopping = None
+
+    def __enter__(self) -> Sandbox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stats(self) -> SandboxStats:
+        state = self._state
+        if state is None:
+            return SandboxStats(0, {}, {}, {})
+        return self._in_loop(state.snapshot)
+
+    def script(self, user_id: str, modes: Sequence[str]) -> None:
+        """Give ``user_id``'s next calls these modes; thread-safe, in effect when it returns."""
+        names = [parse_mode(m).name for m in modes]  # fail here, in the caller's thread
+        state = self._state
+        if state is None:
+            scripts = {**self.config.scripts, user_id: names}
+            self.config = dataclasses.replace(self.config, scripts=scripts)
+            return
+        self._in_loop(lambda: state.set_script(user_id, names))
+
+    def _in_loop(self, action: Callable[[], _T]) -> _T:
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return action()
+
+        async def call() -> _T:
+            return action()
+
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=10)
