@@ -30,8 +30,9 @@ from typing import Any
 import httpx
 
 from pipeline import sink
-from pipeline.client import ProfileClient, install_log_redaction, make_http_client
+from pipeline.client import ProfileClient, env_proxy, install_log_redaction, make_http_client
 from pipeline.config import RunConfig
+from pipeline.crashpoints import crash_point
 from pipeline.errors import StopRun, UsageError, XhsProfilesError
 from pipeline.fetcher import Fetcher, FetchOutcome
 from pipeline.flatten import flatten
@@ -137,6 +138,7 @@ def run(
             duration_s=round(time.monotonic() - started, 3),
         )
         if complete:
+            crash_point("before_manifest")
             sink.write_manifest(
                 config.out_dir, config.snapshot_date, state.parts(), failures_rows, summary
             )
@@ -163,7 +165,10 @@ async def _fetch(
             _flush(state, config)
 
     async with make_http_client(
-        concurrency=config.concurrency, timeout=config.timeout, transport=transport
+        concurrency=config.concurrency,
+        timeout=config.timeout,
+        transport=transport,
+        proxy=env_proxy(config.base_url),
     ) as http:
         client = ProfileClient(
             http,
@@ -253,6 +258,7 @@ def _flush(state: State, config: RunConfig, *, everything: bool = False) -> None
             for table, frame in tables.items()
             if frame.height
         ]
+        crash_point("after_part_rename")
         state.mark_written([profile.user_id for profile in batch], parts)
         if not everything or len(batch) < config.batch_rows:
             break
@@ -263,6 +269,7 @@ def _compact(state: State, config: RunConfig) -> None:
         for group in sink.plan_compaction(state.parts(table.name), COMPACT_TARGET_ROWS):
             merged = sink.compact(config.out_dir, table, config.snapshot_date, group)
             state.replace_parts(group, [merged])
+            crash_point("after_compact_swap")
             sink.delete_parts(config.out_dir, group)
 
 

@@ -42,6 +42,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.crashpoints import crash_point
 from pipeline.errors import StorageError
 from pipeline.records import Failure, Part
 from pipeline.schema import FAILURE_COLUMNS, TABLES, Table
@@ -106,6 +107,7 @@ def write_part(out_dir: Path, table: Table, snapshot_date: dt.date, frame: pl.Da
             compression="zstd",
             write_statistics=True,
         )
+        crash_point("mid_part_write", half_written=handle)
 
     _atomic_write(final, out_dir / TMP_DIR, write)
     return Part(table.name, _relative(out_dir, final), frame.height)
@@ -266,6 +268,7 @@ def write_failures(
                 lines.clear()
         if lines:
             handle.write(("\n".join(lines) + "\n").encode())
+        crash_point("mid_failures_write", half_written=handle)
 
     _atomic_write(final, out_dir / TMP_DIR, write)
     return final, rows
