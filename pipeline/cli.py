@@ -9,6 +9,7 @@ import asyncio
 import logging
 import sys
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -65,8 +66,33 @@ class _Group(click.Group):
         formatter.write_paragraph()
         formatter.write_text(EXIT_CODES_HELP)
 
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """click's own usage errors as one line, like every other error (exit 2)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
+            _fail(exc.exit_code, f"{exc.format_message()}{hint}")
+        except click.ClickException as exc:
+            _fail(exc.exit_code, exc.format_message())
+        except click.Abort:
+            _fail(EXIT_INTERRUPTED, "aborted")
+        sys.exit(result if isinstance(result, int) else 0)
 
-@click.group(cls=_Group)
+
+@click.group(cls=_Group, name="xhs-profiles")
 @click.version_option(package_name="xhs-profiles")
 def cli() -> None:
     """Fetch Xiaohongshu creator profiles from Just One API into Hive-partitioned Parquet."""

@@ -225,6 +225,11 @@ class ProfileClient:
         self.calls += 1
         status, retry_after, body = await self._exchange(user_id)
         parsed = _parse_json(body)
+        if isinstance(parsed, _TooDeep):
+            # The same answer would come back: record it rather than pay for it again.
+            raise PermanentError(
+                "the answer is JSON nested too deep to parse", code=CODE_NO_RESPONSE
+            )
         if parsed is None:
             raise self._non_json_error(status)
         envelope, via_stdlib = parsed
@@ -401,6 +406,9 @@ class ProfileClient:
             (httpx.ProxyError, "proxy error"),
             (httpx.DecodingError, "could not decode the compressed body"),
         )
+        if isinstance(exc.__cause__, aiohttp.ClientPayloadError):
+            # aiohttp's text for a cut-off body is long and quotes a status that looks like a code.
+            return "connection closed mid-answer (truncated or malformed)"
         what = next((text for cls, text in kinds if isinstance(exc, cls)), "transport error")
         detail = " ".join(str(exc).split())
         secret = self._token.reveal()
@@ -463,8 +471,19 @@ def _deadline(http: httpx.AsyncClient) -> float | None:
     return 2 * max(phases) if phases else None
 
 
-def _parse_json(body: bytes) -> tuple[object, bool] | None:
-    """(value, parsed by the stdlib fallback), or None when the body is not usable JSON."""
+class _TooDeep:
+    """``_parse_json``'s answer for valid-looking JSON nested past what a parser can follow."""
+
+
+_TOO_DEEP: Final = _TooDeep()
+# Integers too long for an int64 are kept as their digits behind this marker, and written back
+# as bare numbers by ``_serialize``, so raw_json stays what the API sent.
+_BIG_INT_MARK: Final = "\x00bigint:"
+_BIG_INT_IN_JSON: Final = re.compile(r'"\\u0000bigint:(-?[0-9]+)"')
+
+
+def _parse_json(body: bytes) -> tuple[object, bool] | _TooDeep | None:
+    """(value, parsed by the stdlib fallback), ``_TOO_DEEP``, or None when not usable JSON."""
     if not _LONG_DIGIT_RUN.search(body):
         try:
             return orjson.loads(body), False
@@ -472,13 +491,15 @@ def _parse_json(body: bytes) -> tuple[object, bool] | None:
             pass
     try:
         return json.loads(body, parse_int=_int_or_digits, parse_constant=_no_constant), True
-    except (ValueError, RecursionError):
+    except RecursionError:
+        return _TOO_DEEP
+    except ValueError:
         return None
 
 
 def _int_or_digits(text: str) -> int | str:
     # Over 18 digits an int may exceed int64 (and past 4300 Python refuses to convert it).
-    return text if len(text.lstrip("-")) > 18 else int(text)
+    return _BIG_INT_MARK + text if len(text.lstrip("-")) > 18 else int(text)
 
 
 def _no_constant(_name: str) -> None:
@@ -493,10 +514,11 @@ def _serialize(data: dict[str, object], via_stdlib: bool) -> bytes | None:
             pass  # deeper than orjson writes (254 levels): the stdlib may still manage
     try:
         try:
-            return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+            text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+            return _BIG_INT_IN_JSON.sub(r"\1", text).encode()
         except UnicodeEncodeError:
             # A lone surrogate ("\ud800") cannot be UTF-8: keep it escaped instead.
-            return json.dumps(data, separators=(",", ":")).encode()
+            return _BIG_INT_IN_JSON.sub(r"\1", json.dumps(data, separators=(",", ":"))).encode()
     except (ValueError, RecursionError):
         return None
 

@@ -85,7 +85,7 @@ class Fetcher:
         on_success: Callable[[], None] = lambda: None,
         on_progress: Callable[[Tally], None] = lambda _t: None,
         rate: Callable[[], float | None] = lambda: None,
-        backoff: Callable[[int], float] = backoff_delay,
+        backoff: Callable[[int], float] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
@@ -96,7 +96,7 @@ class Fetcher:
         self._on_success = on_success
         self._on_progress = on_progress
         self._rate = rate
-        self._backoff = backoff
+        self._backoff = backoff or backoff_delay
         self._clock = clock
         self._heap: list[_Retry] = []
         self._seq = itertools.count()

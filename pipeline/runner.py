@@ -74,9 +74,6 @@ def run(
     _check_out_dir(config.out_dir)
     with State.open(config.out_dir, config.snapshot_date) as state:
         ingest = _ingest(state, id_file)
-        requeued = state.requeue_retryable()
-        _recover(state, config)
-        pending = state.pending_count()
         summary: dict[str, Any] = {
             "run_id": run_id,
             "tool_version": version("xhs-profiles"),
@@ -93,12 +90,15 @@ def run(
                 "max_calls": config.max_calls,
                 "batch_rows": config.batch_rows,
             },
-            "requeued_failures": requeued,
-            "pending_at_start": pending,
         }
         if config.dry_run:
-            summary.update(outcome="dry_run", calls_planned=pending, complete=False)
+            # The input is recorded (as the real run would) but no call, table or file is made.
+            planned = state.pending_count() + state.retryable_count()
+            summary.update(outcome="dry_run", calls_planned=planned, complete=False)
             return RunReport(summary)
+        summary["requeued_failures"] = state.requeue_retryable()
+        _recover(state, config)
+        pending = summary["pending_at_start"] = state.pending_count()
         sink.clear_success(config.out_dir, config.snapshot_date)
         limiter = RateController(config.rate)
         outcome = FetchOutcome(Tally())

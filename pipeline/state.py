@@ -294,6 +294,10 @@ class State:
     def pending_count(self) -> int:
         return self._count("SELECT count(*) FROM ids WHERE status = 'pending'")
 
+    def retryable_count(self) -> int:
+        """Failed ids that ``requeue_retryable`` would give another try."""
+        return self._count("SELECT count(*) FROM ids WHERE status = 'failed' AND retryable = 1")
+
     def fetched_count(self) -> int:
         return self._count("SELECT count(*) FROM ids WHERE status = 'fetched'")
 

@@ -98,7 +98,10 @@ def test_bad_options_exit_2_with_one_line(
 def test_click_rejects_a_concurrency_of_zero_with_exit_2(ids_csv: Path, tmp_path: Path) -> None:
     result = invoke(["run", str(ids_csv), "--out", str(tmp_path), "--concurrency", "0"])
     assert result.exit_code == 2
-    assert "Invalid value for '--concurrency': 0 is not in the range 1<=x<=256." in result.stderr
+    assert result.stderr == (
+        "xhs-profiles: Invalid value for '--concurrency': 0 is not in the range 1<=x<=256. "
+        "(see xhs-profiles run --help)\n"
+    )
 
 
 def test_a_missing_input_file_exits_2_before_anything_is_created(tmp_path: Path) -> None:

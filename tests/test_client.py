@@ -441,11 +441,12 @@ async def test_invalid_json_with_status_200_is_transient(body: bytes) -> None:
     assert str(exc) == "HTTP 200 with a non-JSON body"
 
 
-async def test_json_nested_beyond_any_parser_is_transient_not_a_crash() -> None:
+async def test_json_nested_beyond_any_parser_is_a_permanent_failure_not_a_crash() -> None:
+    """The same answer would come back on a retry: it is recorded once, not paid for again."""
     deep = b'{"code":0,"data":{"userid":"' + USER.encode() + b'","x":'
     deep += b"[" * 100_000 + b"]" * 100_000 + b"}}"
-    exc, _ = await fetch_error(reply(deep), TransientError)
-    assert str(exc) == "HTTP 200 with a non-JSON body"
+    exc, _ = await fetch_error(reply(deep), PermanentError)
+    assert (str(exc), exc.code) == ("the answer is JSON nested too deep to parse", -1)
 
 
 async def test_data_deeper_than_orjson_writes_is_kept_through_the_stdlib() -> None:
@@ -460,7 +461,8 @@ async def test_data_deeper_than_orjson_writes_is_kept_through_the_stdlib() -> No
 # --- numbers and text that orjson cannot keep -------------------------------------------------
 
 
-async def test_integers_over_18_digits_are_kept_exactly_as_strings() -> None:
+async def test_integers_over_18_digits_are_kept_exactly_as_numbers() -> None:
+    """raw_json must be what the API sent: a 5000-digit number stays a number, digit for digit."""
     huge = "9" * 5000
     body = (
         b'{"code":0,"data":{"userid":"' + USER.encode() + b'","fans":123456789012345678901,'
@@ -468,10 +470,12 @@ async def test_integers_over_18_digits_are_kept_exactly_as_strings() -> None:
         b'"collected":123456789012345678,"nickname":"\xe5\xb0\x8f\xe9\xa1\xbe"}}'
     )
     profile, _ = await fetch_ok(reply(body))
-    data = json.loads(profile.data)
-    assert data["fans"] == "123456789012345678901"
+    assert b'"fans":123456789012345678901,' in profile.data
+    assert b'"liked":' + huge.encode() + b"," in profile.data
+    data = json.loads(profile.data, parse_int=lambda t: int(t) if len(t) < 4000 else t)
+    assert data["fans"] == 123456789012345678901
     assert data["liked"] == huge
-    assert data["follows"] == "-1234567890123456789"
+    assert data["follows"] == -1234567890123456789
     assert data["collected"] == 123456789012345678
     assert data["nickname"] == "小顾"
     assert "小顾".encode() in profile.data  # not \\u-escaped

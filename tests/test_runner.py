@@ -114,6 +114,7 @@ def test_retryable_failures_are_tried_again_on_rerun_and_failures_csv_is_rewritt
         (["503", "503", "503"], "503", "3"),
         (["reset", "truncated", "html502"], "-1", "3"),
         (["huge"], "-1", "1"),
+        (["deep"], "-1", "1"),
     ],
 )
 def test_each_per_id_failure_lands_in_failures_csv_with_its_code(
@@ -150,7 +151,6 @@ def test_each_per_id_failure_lands_in_failures_csv_with_its_code(
         ["display_counts"],
         ["wrong_types"],
         ["bigint"],
-        ["deep"],
     ],
 )
 def test_transient_faults_and_odd_bodies_end_as_a_profile(
@@ -272,3 +272,21 @@ def test_the_dataset_reads_in_duckdb_and_polars_with_the_declared_types(
     assert [(str(r[0]), r[1], r[2], r[3], r[4]) for r in rows] == [
         (SNAPSHOT, 20, True, "TIMESTAMP WITH TIME ZONE", "VARCHAR[]")
     ]
+
+
+def test_dry_run_counts_retryable_failures_without_changing_the_snapshot(
+    sandbox, tmp_path: Path
+) -> None:
+    flaky = make_id(1)
+    api = sandbox(scripts={flaky: ["500", "500"]})
+    csv_path = write_ids(tmp_path / "ids.csv", [flaky, make_id(2)])
+    out = tmp_path / "out"
+    runner.run(config_for(api.base_url, csv_path, out, max_attempts=2))
+    failures_before = read_failures(out, SNAPSHOT)
+    report = runner.run(config_for(api.base_url, csv_path, out, dry_run=True))
+    assert report.summary["calls_planned"] == 1
+    assert read_failures(out, SNAPSHOT) == failures_before
+    assert (
+        runner.run(config_for(api.base_url, csv_path, out, dry_run=True)).summary["calls_planned"]
+        == 1
+    )
