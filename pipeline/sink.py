@@ -32,7 +32,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
@@ -47,7 +47,14 @@ from pipeline.errors import StorageError
 from pipeline.records import Failure, Part
 from pipeline.schema import FAILURE_COLUMNS, TABLES, Table
 
+# mimalloc, pyarrow's default pool, keeps what compaction reads (one part at a time) instead of
+# giving it back: RSS grew with the number of parts merged (367 MB after 20 parts of 5,000
+# profiles, 186 MB with the system allocator), and peak memory must not grow with the ids.
+pa.set_memory_pool(pa.system_memory_pool())
+
 TMP_DIR: Final = "_tmp"
+# Rows per row group of a compacted file: small enough to keep compaction's memory flat.
+COMPACT_BATCH_ROWS: Final = 1000
 FAILURES_DIR: Final = "failures"
 FAILURES_FILE: Final = "failures.csv"
 MANIFESTS_DIR: Final = "_manifests"
@@ -199,18 +206,25 @@ def compact(out_dir: Path, table: Table, snapshot_date: dt.date, group: Sequence
         nonlocal rows
         with pq.ParquetWriter(handle, schema, compression="zstd", write_statistics=True) as writer:
             for part in group:
-                source = _read_part(out_dir, part, schema)
-                writer.write_table(source, row_group_size=max(source.num_rows, 1))
-                rows += source.num_rows
+                # Batch by batch: reading whole parts made peak memory grow by ~100 MB.
+                for batch in _read_part(out_dir, part, schema):
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
 
     _atomic_write(final, out_dir / TMP_DIR, write)
     return Part(table.name, _relative(out_dir, final), rows)
 
 
-def _read_part(out_dir: Path, part: Part, schema: pa.Schema) -> pa.Table:
+def _read_part(out_dir: Path, part: Part, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     path = out_dir / part.path
     try:
-        source = pq.read_table(path)
+        source = pq.ParquetFile(path)
+        if source.schema_arrow.names != schema.names:
+            raise ValueError(
+                f"{path} has columns {source.schema_arrow.names}, expected {schema.names}"
+            )
+        for batch in source.iter_batches(batch_size=COMPACT_BATCH_ROWS, use_threads=False):
+            yield batch.cast(schema)
     except OSError as exc:
         raise _storage_error(exc, path, "reading") from exc
     except pa.ArrowException as exc:
@@ -218,9 +232,6 @@ def _read_part(out_dir: Path, part: Part, schema: pa.Schema) -> pa.Table:
             f"cannot read {path} while compacting ({exc}); it is recorded in the state but "
             "damaged: move the snapshot's folders and state away and rerun"
         ) from exc
-    if source.schema.names != schema.names:
-        raise ValueError(f"{path} has columns {source.schema.names}, expected {schema.names}")
-    return source.cast(schema)
 
 
 def delete_parts(out_dir: Path, parts: Sequence[Part]) -> None:
