@@ -73,14 +73,13 @@ def run(
     id_file = open_id_file(config.input_path, config.id_column)
     _check_out_dir(config.out_dir)
     with State.open(config.out_dir, config.snapshot_date) as state:
-        ingest = _ingest(state, id_file)
         summary: dict[str, Any] = {
             "run_id": run_id,
             "tool_version": version("xhs-profiles"),
             "started_at": _iso(started_at),
             "snapshot_date": config.snapshot_date.isoformat(),
             "out": str(config.out_dir),
-            "input": ingest,
+            "input": _ingest(state, id_file),
             "api": {"endpoint": config.endpoint_url, "sandbox": config.sandbox},
             "settings": {
                 "concurrency": config.concurrency,
@@ -110,41 +109,53 @@ def run(
         finally:
             # Whatever stopped the fetch, what was paid for goes to Parquet now.
             _flush(state, config, everything=True)
-        _compact(state, config)
-        _ensure_every_table_has_a_file(state, config)
-        failures_path, failures_rows = sink.write_failures(
-            config.out_dir, config.snapshot_date, state.iter_failures()
+        return _finish(state, config, outcome, limiter, summary, started)
+
+
+def _finish(
+    state: State,
+    config: RunConfig,
+    outcome: FetchOutcome,
+    limiter: RateController,
+    summary: dict[str, Any],
+    started: float,
+) -> RunReport:
+    """Compact, rewrite failures.csv, and write the run summary (and, if complete, the manifest)."""
+    _compact(state, config)
+    _ensure_every_table_has_a_file(state, config)
+    failures_path, failures_rows = sink.write_failures(
+        config.out_dir, config.snapshot_date, state.iter_failures()
+    )
+    counts = state.counts()
+    complete = counts.get("pending", 0) == 0 and outcome.stopped_by is None
+    stopped = outcome.stopped_by
+    summary.update(
+        outcome=_outcome_name(stopped, outcome.interrupted, complete),
+        complete=complete,
+        stopped_by=_describe_error(stopped),
+        requests={
+            "calls": outcome.tally.calls,
+            "fetched": outcome.tally.fetched,
+            "failed": outcome.tally.failed,
+            "retried": outcome.tally.retried,
+            "rate_limited": outcome.tally.rate_limited,
+        },
+        rate_control=limiter.snapshot(),
+        snapshot={**counts, "failures_by_code": _str_keys(state.failure_codes())},
+        files={t.name: [p.path for p in state.parts(t.name)] for t in TABLES},
+        failures_file=str(failures_path.relative_to(config.out_dir)),
+        failures_rows=failures_rows,
+        finished_at=_iso(_utcnow()),
+        duration_s=round(time.monotonic() - started, 3),
+    )
+    if complete:
+        crash_point("before_manifest")
+        sink.write_manifest(
+            config.out_dir, config.snapshot_date, state.parts(), failures_rows, summary
         )
-        counts = state.counts()
-        complete = counts.get("pending", 0) == 0 and outcome.stopped_by is None
-        stopped = outcome.stopped_by
-        summary.update(
-            outcome=_outcome_name(stopped, outcome.interrupted, complete),
-            complete=complete,
-            stopped_by=_describe_error(stopped),
-            requests={
-                "calls": outcome.tally.calls,
-                "fetched": outcome.tally.fetched,
-                "failed": outcome.tally.failed,
-                "retried": outcome.tally.retried,
-                "rate_limited": outcome.tally.rate_limited,
-            },
-            rate_control=limiter.snapshot(),
-            snapshot={**counts, "failures_by_code": _str_keys(state.failure_codes())},
-            files={t.name: [p.path for p in state.parts(t.name)] for t in TABLES},
-            failures_file=str(failures_path.relative_to(config.out_dir)),
-            failures_rows=failures_rows,
-            finished_at=_iso(_utcnow()),
-            duration_s=round(time.monotonic() - started, 3),
-        )
-        if complete:
-            crash_point("before_manifest")
-            sink.write_manifest(
-                config.out_dir, config.snapshot_date, state.parts(), failures_rows, summary
-            )
-        sink.write_run_summary(config.out_dir, run_id, summary)
-        error = stopped if isinstance(stopped, XhsProfilesError) else None
-        return RunReport(summary, stopped_by=error, interrupted=outcome.interrupted)
+    sink.write_run_summary(config.out_dir, summary["run_id"], summary)
+    error = stopped if isinstance(stopped, XhsProfilesError) else None
+    return RunReport(summary, stopped_by=error, interrupted=outcome.interrupted)
 
 
 async def _fetch(
