@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from pipeline import sink
-from pipeline.client import ProfileClient, env_proxy, install_log_redaction, make_http_client
+from pipeline.client import ProfileClient, env_proxy, install_log_redaction, make_transport
 from pipeline.config import RunConfig
 from pipeline.crashpoints import crash_point
 from pipeline.errors import StopRun, UsageError, XhsProfilesError
@@ -175,17 +175,15 @@ async def _fetch(
             fetched_since_flush = 0
             _flush(state, config)
 
-    async with make_http_client(
-        concurrency=config.concurrency,
-        timeout=config.timeout,
-        transport=transport,
-        proxy=env_proxy(config.base_url),
-    ) as http:
+    if transport is None:
+        transport = make_transport(concurrency=config.concurrency, proxy=env_proxy(config.base_url))
+    async with transport:
         client = ProfileClient(
-            http,
+            transport,
             endpoint_url=config.endpoint_url,
             token=config.token,
             limiter=limiter,
+            timeout=config.timeout,
             max_body_bytes=config.max_body_bytes,
         )
         fetcher = Fetcher(

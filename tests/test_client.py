@@ -27,7 +27,7 @@ from pipeline.client import (
     backoff_delay,
     env_proxy,
     install_log_redaction,
-    make_http_client,
+    make_transport,
     redact,
 )
 from pipeline.config import Secret
@@ -95,13 +95,13 @@ async def run_fetch(
 
     limiter = SpyLimiter()
     transport = httpx.MockTransport(recording)
-    async with make_http_client(concurrency=4, timeout=5.0, transport=transport) as http:
+    async with transport:
         client = ProfileClient(
-            http,
+            transport,
             endpoint_url=f"{BASE}/api/xiaohongshu/get-user/{version}",
             token=Secret(TOKEN),
             limiter=limiter,
-            **kwargs,
+            **{"timeout": 5.0, **kwargs},
         )
         outcome = Outcome(client, limiter, requests)
         try:
@@ -224,9 +224,9 @@ async def test_an_invalid_id_is_never_sent_and_fails_with_400(bad_id: str) -> No
 async def test_calls_counts_calls_started_not_ids_refused() -> None:
     limiter = SpyLimiter()
     transport = httpx.MockTransport(reply(envelope(0, data=profile_data())))
-    async with make_http_client(concurrency=2, timeout=5.0, transport=transport) as http:
+    async with transport:
         client = ProfileClient(
-            http, endpoint_url=f"{BASE}/x/v4", token=Secret(TOKEN), limiter=limiter
+            transport, endpoint_url=f"{BASE}/x/v4", token=Secret(TOKEN), limiter=limiter
         )
         await client.fetch(USER)
         with pytest.raises(PermanentError):
@@ -589,9 +589,13 @@ async def test_a_body_that_never_ends_is_cut_by_the_whole_call_deadline() -> Non
 
 
 async def test_the_default_whole_call_deadline_is_twice_the_timeout() -> None:
-    async with make_http_client(concurrency=1, timeout=60.0) as http:
+    async with make_transport(concurrency=1) as transport:
         client = ProfileClient(
-            http, endpoint_url=f"{BASE}/v4", token=Secret(TOKEN), limiter=RateController(None)
+            transport,
+            endpoint_url=f"{BASE}/v4",
+            token=Secret(TOKEN),
+            limiter=RateController(None),
+            timeout=60.0,
         )
         assert client._total_timeout == 120.0
 
@@ -680,7 +684,19 @@ def test_redact_masks_the_token_up_to_ampersand_space_or_quote() -> None:
     assert redact("no secret here") == "no secret here"
 
 
-async def test_httpx_log_line_shows_token_masked(caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_debug_log_line_of_a_call_never_holds_the_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await fetch_ok(reply(envelope(0, data=profile_data())))
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.client"]
+    assert lines == [f"GET {BASE}/api/xiaohongshu/get-user/v4?userId={USER}: HTTP 200"]
+    assert TOKEN not in caplog.text
+
+
+async def test_an_httpx_log_line_shows_the_token_masked(caplog: pytest.LogCaptureFixture) -> None:
+    """ProfileClient sends through the transport, which logs no URL; an AsyncClient used
+    alongside (or a future change) would log one at INFO: the filter masks it."""
     install_log_redaction()
     install_log_redaction()  # idempotent
     assert (
@@ -688,7 +704,9 @@ async def test_httpx_log_line_shows_token_masked(caplog: pytest.LogCaptureFixtur
         == 1
     )
     caplog.set_level(logging.INFO, logger="httpx")
-    await fetch_ok(reply(envelope(0, data=profile_data())))
+    transport = httpx.MockTransport(reply(envelope(0, data=profile_data())))
+    async with httpx.AsyncClient(transport=transport) as http:
+        await http.get(f"{BASE}/v4", params={"token": TOKEN, "userId": USER})
     lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
     assert len(lines) == 1
     assert "HTTP Request: GET" in lines[0]
@@ -708,14 +726,22 @@ async def test_httpcore_child_loggers_are_filtered_too() -> None:
 # --- helpers: client factory and back-off ----------------------------------------------------
 
 
-async def test_make_http_client_pools_keepalive_connections_and_never_follows_redirects() -> None:
-    async with make_http_client(concurrency=7, timeout=12.5) as http:
-        assert http.follow_redirects is False
-        assert http.timeout == httpx.Timeout(12.5)
-        assert (http.timeout.connect, http.timeout.read) == (12.5, 12.5)
-        assert (http.timeout.write, http.timeout.pool) == (12.5, 12.5)
-        assert http.headers["user-agent"] == USER_AGENT
-        transport = http._transport
+async def test_requests_carry_the_timeouts_and_headers_and_redirects_are_not_followed() -> None:
+    def redirect(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"Location": "http://elsewhere.invalid/"})
+
+    exc, outcome = await run_fetch(redirect, timeout=12.5)
+    assert isinstance(exc, PermanentError) and "check --base-url" in str(exc)
+    [request] = outcome.requests
+    assert request.extensions["timeout"] == dict.fromkeys(
+        ("connect", "read", "write", "pool"), 12.5
+    )
+    assert request.headers["user-agent"] == USER_AGENT
+    assert request.headers["accept-encoding"] == "gzip, deflate"
+
+
+async def test_make_transport_pools_keepalive_connections_without_silent_resends() -> None:
+    async with make_transport(concurrency=7) as transport:
         assert isinstance(transport, AiohttpTransport)
         session = transport.get_client()
         try:
@@ -730,18 +756,18 @@ async def test_make_http_client_pools_keepalive_connections_and_never_follows_re
 
 @pytest.mark.parametrize(
     ("attempt", "expected"),
-    [(1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0), (7, 60.0), (10_000, 60.0), (0, 1.0)],
+    [(1, 0.5), (2, 1.0), (3, 2.0), (6, 16.0), (7, 30.0), (10_000, 30.0), (0, 0.5)],
 )
 def test_backoff_is_exponential_and_capped(attempt: int, expected: float) -> None:
     assert backoff_delay(attempt, rng=lambda: 1.0) == expected
 
 
 def test_backoff_uses_full_jitter() -> None:
-    assert backoff_delay(4, rng=lambda: 0.25) == 2.0
+    assert backoff_delay(4, rng=lambda: 0.25) == 1.0
     assert backoff_delay(4, rng=lambda: 0.0) == 0.0
     assert backoff_delay(3, base=0.5, cap=1.5, rng=lambda: 1.0) == 1.5
     delays = {backoff_delay(5) for _ in range(50)}
-    assert all(0 <= d < 16 for d in delays)
+    assert all(0 <= d < 8 for d in delays)
     assert len(delays) > 1
 
 

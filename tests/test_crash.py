@@ -424,7 +424,7 @@ def test_a_second_run_on_the_same_out_refuses_with_the_lock_message(
     data = make_dataset(tmp_path / "locked", 200, salt="lock")
     api = start_api(sandbox, [data])
     # The first run is slowed down so that it still holds the lock when the second starts.
-    api_slow = sandbox(latency=(0.05, 0.05), scripts={uid: ["404"] for uid in data.doomed})
+    api_slow = sandbox(latency=(0.3, 0.3), scripts={uid: ["404"] for uid in data.doomed})
     first = start_cli(data, api_slow)
     try:
         lock = data.out / "_state" / "lock"
