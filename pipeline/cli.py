@@ -176,7 +176,7 @@ def cli() -> None:
 @click.option(
     "--batch-rows",
     type=click.IntRange(min=1),
-    default=5000,
+    default=2000,
     show_default=True,
     help="Profiles per Parquet part before compaction.",
 )

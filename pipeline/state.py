@@ -545,7 +545,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.execute(
             "PRAGMA journal_size_limit = 67108864"
         )  # the WAL shrinks back after a big ingest
-        conn.execute("PRAGMA cache_size = -32768")  # 32 MiB: the ids index of a 1M-id run fits
+        conn.execute("PRAGMA cache_size = -16384")  # 16 MiB: the ids index pages of a big run
         _prepare_schema(conn, path)
     except BaseException as exc:
         conn.close()
