@@ -34,7 +34,8 @@ run: install ## run the main job (no JUSTONEAPI_TOKEN: the built-in sandbox on d
 	  $(BIN)/xhs-profiles run $(IDS) --out $(OUT) --sandbox $(ARGS); \
 	fi
 
-test: install lint ## lint, type-check and run every test
+test: install lint ## lint, type-check and run every test (the bench's smoke test included)
+	$(UV) sync --locked --inexact --quiet --group dev --group bench
 	$(BIN)/pytest -q
 
 lint: install ## ruff (lint + format check), mypy and the import contracts
