@@ -42,8 +42,13 @@ from pipeline.ratelimit import RateController
 from pipeline.schema import TABLES
 from pipeline.state import State
 
-# Rows per compacted file: about 100 MB of zstd Parquet for profiles with their raw_json.
-COMPACT_TARGET_ROWS = 100_000
+# Rows per compacted file.  100,000 profiles with their raw_json are about 40 MB of zstd Parquet
+# here; a tag or interaction row is ~50 times smaller, so those tables take ten times the rows.
+COMPACT_TARGET_ROWS = {
+    "profiles": 100_000,
+    "profile_tags": 1_000_000,
+    "profile_interactions": 1_000_000,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +280,8 @@ def _flush(state: State, config: RunConfig, *, everything: bool = False) -> None
 
 def _compact(state: State, config: RunConfig) -> None:
     for table in TABLES:
-        for group in sink.plan_compaction(state.parts(table.name), COMPACT_TARGET_ROWS):
+        target = COMPACT_TARGET_ROWS[table.name]
+        for group in sink.plan_compaction(state.parts(table.name), target):
             merged = sink.compact(config.out_dir, table, config.snapshot_date, group)
             state.replace_parts(group, [merged])
             crash_point("after_compact_swap")
