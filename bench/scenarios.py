@@ -127,32 +127,11 @@ def contender_argv(name: str, ids: Path, out: Path, base_url: str, *extra: str) 
         concurrency = [] if "--concurrency" in extra else ["--concurrency", str(CONCURRENCY)]
         return [XHS, "run", str(ids), "--out", str(out), "--base-url", base_url,
                 "--token", TOKEN, *concurrency, "--no-progress", *extra]  # fmt: skip
+    common = [str(ids), str(out), "--base-url", base_url, "--token", TOKEN]
     if name == "naive":
-        return [
-            sys.executable,
-            "-m",
-            "bench.naive",
-            str(ids),
-            str(out),
-            "--base-url",
-            base_url,
-            "--token",
-            TOKEN,
-        ]
+        return [sys.executable, "-m", "bench.naive", *common]
     if name == "dlt":
-        return [
-            sys.executable,
-            "-m",
-            "bench.dlt_job",
-            str(ids),
-            str(out),
-            "--base-url",
-            base_url,
-            "--token",
-            TOKEN,
-            "--workers",
-            str(CONCURRENCY),
-        ]
+        return [sys.executable, "-m", "bench.dlt_job", *common, "--workers", str(CONCURRENCY)]
     raise ValueError(f"unknown contender {name!r}")
 
 
