@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -82,13 +82,18 @@ class Dataset:
         self.csv_path.write_text("user_id\n" + "".join(f"{c}\n" for c in cells), encoding="utf-8")
 
 
+# 404 on every call, not just the first: a kill between the sandbox's 404 and the state's record
+# of it sends the id again on resume, and a second call must not succeed.
+DOOMED_SCRIPT: Final = ["404"] * 50
+
+
 def make_dataset(root: Path, n: int, salt: str) -> Dataset:
     ids = [make_id(i, salt) for i in range(n)]
     return Dataset(root, ids, frozenset(ids[7:9]))
 
 
 def start_api(sandbox: SandboxFactory, datasets: Iterable[Dataset], **options: Any) -> Sandbox:
-    scripts = {uid: ["404"] for d in datasets for uid in d.doomed}
+    scripts = {uid: DOOMED_SCRIPT for d in datasets for uid in d.doomed}
     return sandbox(latency=LATENCY, scripts=scripts, **options)
 
 
@@ -352,7 +357,7 @@ def kill_loop(
     def new_dataset() -> Dataset:
         data = make_dataset(root / f"d{len(finished)}", ids_per_dataset, f"{seed}-{len(finished)}")
         for uid in data.doomed:
-            api.script(uid, ["404"])
+            api.script(uid, DOOMED_SCRIPT)
         return data
 
     def paid_and_lost(data: Dataset, statuses: dict[str, str]) -> int:
@@ -424,7 +429,7 @@ def test_a_second_run_on_the_same_out_refuses_with_the_lock_message(
     data = make_dataset(tmp_path / "locked", 200, salt="lock")
     api = start_api(sandbox, [data])
     # The first run is slowed down so that it still holds the lock when the second starts.
-    api_slow = sandbox(latency=(0.3, 0.3), scripts={uid: ["404"] for uid in data.doomed})
+    api_slow = sandbox(latency=(0.3, 0.3), scripts={uid: DOOMED_SCRIPT for uid in data.doomed})
     first = start_cli(data, api_slow)
     try:
         lock = data.out / "_state" / "lock"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from hypothesis import strategies as st
 from pipeline.flatten import Tables, flatten, parse_count
 from pipeline.records import FetchedProfile
 from pipeline.schema import PROFILE_INTERACTIONS, PROFILE_TAGS, PROFILES, TABLES
+from tests.strategies import JSON_VALUES, MIXED_PROFILE_DATA, PROFILE_DATA, serialize
 
 GOLDEN = Path(__file__).parent / "golden"
 SEED = "seed-get-user-v4-response.json"
@@ -374,6 +374,16 @@ def test_invalid_utf8_gives_a_row_and_raw_json_with_replacement_characters() -> 
     assert tables.profiles["fans"].to_list() == [None, 8456]
 
 
+def test_invalid_utf8_in_a_field_no_table_uses_still_makes_the_profile_unreadable() -> None:
+    """The typed reader skips that text unchecked; flatten must not let it through."""
+    data = b'{"nickname": "ok", "fans": 3, "extra": "\xff"}'
+    tables = flatten([raw_profile(data), profile(golden_data(SEED), user_id="b" * 24)])
+    assert tables.profiles.row(0, named=True) == unreadable_row(
+        USER_ID, '{"nickname": "ok", "fans": 3, "extra": "\ufffd"}'
+    )
+    assert tables.profiles["fans"].to_list() == [None, 8456]
+
+
 def test_fans_as_text_falls_back_to_the_interactions_entry() -> None:
     data = golden_data(SEED) | {"fans": "abc"}
     row = only_row(flatten([profile(data)]))
@@ -676,65 +686,6 @@ def test_avatar_is_imageb_else_images(fields: dict[str, object], expected: str |
 
 # --- property: random profile shapes --------------------------------------------------------
 
-LEAVES = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats()
-    | st.text(max_size=8)
-    | st.sampled_from(["1.2万", "10万+", "32.4K", "-", "8456", "true"])
-)
-JSON_VALUES = st.recursive(
-    LEAVES,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
-    max_leaves=10,
-)
-TAG = st.fixed_dictionaries(
-    {},
-    optional={
-        "tag_type": st.sampled_from(["info", "location", "profession", "college"]) | JSON_VALUES,
-        "name": st.text(max_size=6) | JSON_VALUES,
-        "icon": JSON_VALUES,
-    },
-)
-INTERACTION = st.fixed_dictionaries(
-    {},
-    optional={
-        "type": st.sampled_from(["follows", "fans", "interaction"]) | JSON_VALUES,
-        "name": JSON_VALUES,
-        "count": st.integers() | JSON_VALUES,
-        "is_private": JSON_VALUES,
-        "toast": JSON_VALUES,
-    },
-)
-KNOWN_KEYS = [
-    *("userid", "red_id", "nickname", "desc", "gender", "ip_location", "location"),
-    *("red_official_verified", "red_official_verify_type", "follows", "fans", "liked"),
-    *("collected", "imageb", "images", "share_link"),
-]
-PROFILE_DATA = st.fixed_dictionaries(
-    {},
-    optional={
-        **dict.fromkeys(KNOWN_KEYS, JSON_VALUES),
-        "level": st.fixed_dictionaries({}, optional={"number": JSON_VALUES}) | JSON_VALUES,
-        "note_num_stat": st.dictionaries(
-            st.sampled_from(["posted", "liked", "collected"]), JSON_VALUES
-        )
-        | JSON_VALUES,
-        "user_desc_info": st.fixed_dictionaries({}, optional={"desc": JSON_VALUES}) | JSON_VALUES,
-        "tags": st.lists(TAG | JSON_VALUES, max_size=5) | JSON_VALUES,
-        "interactions": st.lists(INTERACTION | JSON_VALUES, max_size=5) | JSON_VALUES,
-        "extra": JSON_VALUES,
-    },
-)
-
-
-def serialize(data: object) -> bytes:
-    # The stdlib writes what orjson refuses (ints beyond 64 bits, NaN), so both parsers get used.
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-
 
 def object_entries(data: object, key: str) -> list[int]:
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
@@ -743,7 +694,7 @@ def object_entries(data: object, key: str) -> list[int]:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(PROFILE_DATA | JSON_VALUES, max_size=6))
+@given(st.lists(PROFILE_DATA | MIXED_PROFILE_DATA | JSON_VALUES, max_size=6))
 def test_any_profile_shape_flattens_with_declared_schemas(batch: Sequence[object]) -> None:
     """Never raises; one profile row per input in order; one row per object entry of each list."""
     user_ids = [f"{i:024x}" for i in range(len(batch))]

@@ -243,6 +243,35 @@ def test_compact_copies_every_row_with_the_same_schema(tmp_path: Path) -> None:
     assert files_under(tmp_path) == [merged.path]
 
 
+def _dictionary_columns(path: Path) -> set[str]:
+    meta = pq.ParquetFile(path).metadata
+    return {
+        meta.row_group(g).column(c).path_in_schema
+        for g in range(meta.num_row_groups)
+        for c in range(meta.num_columns)
+        if "RLE_DICTIONARY" in meta.row_group(g).column(c).encodings
+    }
+
+
+def test_columns_unique_per_row_are_written_without_a_dictionary(tmp_path: Path) -> None:
+    """Parts and compacted files alike: raw_json, ids, names and links are plain; the rest
+    (profession_tags' values included) keep their dictionary pages."""
+    ids = [uid(1), uid(2), uid(3)]
+    group = [sink.write_part(tmp_path, PROFILES, DAY, profiles_frame(ids)) for _ in range(2)]
+    merged = sink.compact(tmp_path, PROFILES, DAY, group)
+    plain = {"user_id", "red_id", "nickname", "description", "avatar_url", "share_link"}
+    plain |= {"request_id", "raw_json"}
+    expected = {
+        "profession_tags.list.element" if c.name == "profession_tags" else c.name
+        for c in PROFILES.columns
+        if c.name not in plain and c.dtype != pl.Boolean  # Parquet has no bool dictionaries
+    }
+    for part in (*group, merged):
+        assert _dictionary_columns(tmp_path / part.path) == expected
+    tags = sink.write_part(tmp_path, PROFILE_TAGS, DAY, tags_frame(3))
+    assert _dictionary_columns(tmp_path / tags.path) == set(PROFILE_TAGS.column_names)
+
+
 def test_compact_refuses_parts_of_another_table(tmp_path: Path) -> None:
     tags = sink.write_part(tmp_path, PROFILE_TAGS, DAY, tags_frame(1))
     with pytest.raises(ValueError, match="compact needs parts of profiles"):
