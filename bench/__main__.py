@@ -128,11 +128,13 @@ def main(argv: list[str] | None = None) -> int:
                 caps={},
                 sizes={"naive": s.latency_naive_ids},
             )
-            measures.append(
-                scenarios.extra_run(
-                    s, "latency", s.latency_ids, ["--latency", LATENCY], "--concurrency", "64"
+            wide = str(scenarios.WIDE_CONCURRENCY)
+            for name, option in (("ours", "--concurrency"), ("dlt", "--workers")):
+                measures.append(
+                    scenarios.extra_run(
+                        s, "latency", s.latency_ids, ["--latency", LATENCY], name, option, wide
+                    )
                 )
-            )
         if "flatten" in only:
             log(f"3. flatten and write, {s.flatten_ids:,} profiles")
             measures += scenarios.flatten_and_write(s)

@@ -40,6 +40,8 @@ from bench.harness import (
 )
 
 CONCURRENCY = 16
+# Little's law: at 0.1 s a call, the 50× latency target needs about 50 calls in flight.
+WIDE_CONCURRENCY = 100
 FAULT_MIX = "301:0.04,500:0.03,502:0.02,reset:0.01"
 NEVER_SUCCEED = "0.02"
 LATENCY = "0.05:0.15"
@@ -131,7 +133,8 @@ def contender_argv(name: str, ids: Path, out: Path, base_url: str, *extra: str) 
     if name == "naive":
         return [sys.executable, "-m", "bench.naive", *common]
     if name == "dlt":
-        return [sys.executable, "-m", "bench.dlt_job", *common, "--workers", str(CONCURRENCY)]
+        workers = [] if "--workers" in extra else ["--workers", str(CONCURRENCY)]
+        return [sys.executable, "-m", "bench.dlt_job", *common, *workers, *extra]
     raise ValueError(f"unknown contender {name!r}")
 
 
@@ -215,7 +218,12 @@ def rate_efficiency(s: Settings) -> list[Measure]:
     ids = make_ids(n, s.work / f"ids-{n}.csv")
     options = ["--rate-limit", "50", "--latency", LATENCY]
     measures = []
-    for told in ("50", "1000"):
+    # The last run is not a target: it shows what a wide --concurrency costs in 302s.
+    for told, concurrency in (
+        ("50", CONCURRENCY),
+        ("1000", CONCURRENCY),
+        ("1000", WIDE_CONCURRENCY),
+    ):
         samples: list[tuple[float, int, int]] = []
         poll = _ledger_poller(samples)
 
@@ -225,14 +233,14 @@ def rate_efficiency(s: Settings) -> list[Measure]:
             ids,
             n,
             options,
-            s.work / f"rate-{told}",
+            s.work / f"rate-{told}-{concurrency}",
             cap_s=s.cap_s,
-            extra_args=["--rate", told],
+            extra_args=["--rate", told, "--concurrency", str(concurrency)],
             on_tick=poll,
         )
-        m.extra.update(_held_rate(samples), told=float(told), limit=50.0)
+        m.extra.update(_held_rate(samples), told=float(told), limit=50.0, concurrency=concurrency)
         m.extra["success_calls"] = m.ledger.by_code.get(0, 0) if m.ledger else 0
-        m.note = f"--rate {told}"
+        m.note = f"--rate {told} --concurrency {concurrency}"
         measures.append(m)
     return measures
 
@@ -302,21 +310,21 @@ def end_to_end(
 
 
 def extra_run(
-    s: Settings, section: str, n: int, sandbox_options: Sequence[str], *args: str
+    s: Settings, section: str, n: int, sandbox_options: Sequence[str], name: str, *args: str
 ) -> Measure:
-    """One more run of ours with other options (reported as its own, labelled row)."""
+    """One more run of a contender with other options (reported as its own, labelled row)."""
     ids = make_ids(n, s.work / f"ids-{n}.csv")
     m = measure_once(
         section,
-        "ours",
+        name,
         ids,
         n,
         sandbox_options,
-        s.work / f"{section}-ours-extra",
+        s.work / f"{section}-{name}-extra",
         cap_s=s.cap_s,
         extra_args=args,
     )
-    m.contender = "ours " + " ".join(args)
+    m.contender = f"{name} " + " ".join(args)
     return m
 
 
@@ -354,6 +362,7 @@ def default_batch_rows() -> int:
 
 def flatten_and_write(s: Settings) -> list[Measure]:
     from pipeline.flatten import flatten
+    from pipeline.profile_data import read_typed
     from pipeline.records import FetchedProfile
     from pipeline.sandbox import build_profile
     from pipeline.sink import write_part
@@ -381,8 +390,42 @@ def flatten_and_write(s: Settings) -> list[Measure]:
             frame = pl.DataFrame(rows, infer_schema_length=None)
             frame.write_parquet(out / f"part-{k}.parquet")
 
+    # Where ours spends its time: each step alone, on the same batches.
+    def read_only(out: Path) -> None:
+        for batch in batches:
+            for p in batch:
+                read_typed(p.data)
+
+    def flatten_only(out: Path) -> None:
+        for batch in batches:
+            flatten(batch)
+
+    flattened = [list(flatten(batch).items()) for batch in batches]
+
+    def write_only(out: Path) -> None:
+        for tables in flattened:
+            for table, frame in tables:
+                if frame.height:
+                    write_part(out, table, day, frame)
+
+    jobs = {
+        "naive": (
+            naive,
+            f"pl.DataFrame(dicts) + write_parquet, 1 nested table, batches of {batch_rows:,}",
+        ),
+        "ours": (
+            ours,
+            f"flatten + write_part, 3 tables, batches of {batch_rows:,} (the CLI's default)",
+        ),
+        "ours: read only": (read_only, "profile_data.read_typed of each body (inside flatten)"),
+        "ours: flatten only": (flatten_only, "flatten, no write"),
+        "ours: write only": (
+            write_only,
+            "write_part of the flattened frames (zstd, fsync, rename)",
+        ),
+    }
     measures = []
-    for name, job in (("naive", naive), ("ours", ours)):
+    for name, (job, what) in jobs.items():
         walls, cpus = [], []
         for i in range(s.repeats):
             out = s.work / f"flatten-{name}-{i}"
@@ -395,11 +438,7 @@ def flatten_and_write(s: Settings) -> list[Measure]:
         wall = statistics.median(walls)
         run = ChildRun(["(in-process)"], 0, wall, statistics.median(cpus), float("nan"))
         m = Measure("flatten", name, n, run, repeat_walls=walls)
-        m.note = (
-            f"flatten + write_part, 3 tables, batches of {batch_rows:,} (the CLI's default)"
-            if name == "ours"
-            else f"pl.DataFrame(dicts) + write_parquet, 1 nested table, batches of {batch_rows:,}"
-        )
+        m.note = what
         log(f"  [flatten] {name}: {wall:.2f} s, {n / wall:,.0f} profiles/s")
         measures.append(m)
     return measures
