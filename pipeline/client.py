@@ -94,6 +94,7 @@ from pipeline.errors import (
     RateLimitedError,
     TransientError,
 )
+from pipeline.profile_data import LONG_DIGIT_RUN
 from pipeline.ratelimit import RateController
 from pipeline.records import FetchedProfile
 
@@ -101,9 +102,6 @@ MAX_RETRY_AFTER: Final = 300.0  # seconds; a longer Retry-After would stall ever
 MAX_API_MESSAGE: Final = 200
 _TOKEN_IN_TEXT: Final = re.compile(r"(token=)[^&\s\"']*", re.IGNORECASE)
 _URL_IN_TEXT: Final = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
-# A JSON number of 19+ digits (it follows ':', ',' or '['); digits inside strings, such as
-# all-digit ids in URLs, do not send a body down the slow path.
-_LONG_DIGIT_RUN: Final = re.compile(rb"[:,\[]\s*-?[0-9]{19}")
 _NUMERIC_CODE: Final = re.compile(r"-?[0-9]{1,9}")
 _REDACTED_LOGGERS: Final = (
     "httpx",
@@ -490,7 +488,7 @@ _BIG_INT_IN_JSON: Final = re.compile(r'"\\u0000bigint:(-?[0-9]+)"')
 
 def _parse_json(body: bytes) -> tuple[object, bool] | _TooDeep | None:
     """(value, parsed by the stdlib fallback), ``_TOO_DEEP``, or None when not usable JSON."""
-    if not _LONG_DIGIT_RUN.search(body):
+    if not LONG_DIGIT_RUN.search(body):
         try:
             return orjson.loads(body), False
         except orjson.JSONDecodeError:

@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Final
 
 import msgspec
 import orjson
 
 __all__ = [
+    "LONG_DIGIT_RUN",
     "DescInfo",
     "Interaction",
     "Level",
@@ -58,8 +60,13 @@ _DECIMAL_TEXT: Final = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?", re.ASCII)
 # Longer strings cannot be a count that fits Int64 (and int() on them could be slow or refuse).
 _MAX_COUNT_TEXT: Final = 40
 
+# A JSON number of 19+ digits (it follows ':', ',' or '['); digits inside strings, such as
+# all-digit ids in URLs, do not send a body down the slow path.
+LONG_DIGIT_RUN: Final = re.compile(rb"[:,\[]\s*-?[0-9]{19}")
+
 Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 Json = Any  # a parsed JSON value: dict, list, str, int, float, bool or None
+TextOf = Callable[[object], str | None]
 
 
 # gc=False: these hold only strings, numbers and each other, never a cycle, and a batch makes
@@ -135,22 +142,16 @@ def read_typed(data: bytes) -> ProfileData | None:
 def read_tolerant(data: bytes) -> ProfileData | None:
     """``data`` read field by field with the conversion rules; None when it is not a JSON object.
 
-    orjson first.  When it refuses (integers beyond 64 bits, nesting deeper than its limit, NaN,
-    lone surrogates), the stdlib parser tries again, leaving digit strings longer than 18
+    orjson first.  When it refuses (nesting deeper than its limit, NaN, lone surrogates), or
+    the body holds a number of 19 digits or more (orjson turns integers beyond 64 bits into
+    floats, losing digits), the stdlib parser reads it, leaving digit strings longer than 18
     characters unparsed (Python refuses to convert more than 4300 digits), and lone surrogates
     in the strings kept become U+FFFD.
     """
-    text_of = as_text
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        try:
-            doc = json.loads(data, parse_int=_int_or_digits)
-        except (ValueError, RecursionError):
-            return None
-        text_of = _clean_text
-    if type(doc) is not dict:
+    parsed = _parse(data)
+    if parsed is None or type(parsed[0]) is not dict:
         return None
+    doc, text_of = parsed
     get = doc.get
 
     def text(key: str) -> str | None:
@@ -193,13 +194,26 @@ def read_tolerant(data: bytes) -> ProfileData | None:
     )
 
 
-def _entries(value: Json, read: Any) -> list[Any] | None:
+def _parse(data: bytes) -> tuple[Json, TextOf] | None:
+    """The parsed body and the text converter its strings need; None when it is not JSON."""
+    if not LONG_DIGIT_RUN.search(data):
+        try:
+            return orjson.loads(data), as_text
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        return json.loads(data, parse_int=_int_or_digits), _clean_text
+    except (ValueError, RecursionError):
+        return None
+
+
+def _entries(value: Json, read: Callable[[dict[str, Json]], Any]) -> list[Any] | None:
     if type(value) is not list:
         return None
     return [read(entry) if type(entry) is dict else None for entry in value]
 
 
-def _tag(tag: dict[str, Json], text_of: Any) -> Tag:
+def _tag(tag: dict[str, Json], text_of: TextOf) -> Tag:
     return Tag(
         tag_type=text_of(tag.get("tag_type")),
         name=text_of(tag.get("name")),
@@ -207,7 +221,7 @@ def _tag(tag: dict[str, Json], text_of: Any) -> Tag:
     )
 
 
-def _interaction(entry: dict[str, Json], text_of: Any) -> Interaction:
+def _interaction(entry: dict[str, Json], text_of: TextOf) -> Interaction:
     count = entry.get("count")
     if text_of is _clean_text and type(count) is str:
         count = _clean_text(count)

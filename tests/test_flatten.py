@@ -512,6 +512,16 @@ def test_numbers_orjson_cannot_or_int64_does_not_hold(literal: bytes, expected: 
     assert (row["nickname"], row["liked"]) == ("n", expected)
 
 
+@pytest.mark.parametrize(
+    "digits", ["18446744073709551616", "123456789012345678901234567890", "9" * 300]
+)
+def test_counts_beyond_int64_are_null_but_their_text_keeps_every_digit(digits: str) -> None:
+    data = f'{{"interactions":[{{"type":"fans","count":{digits}}}],"red_id":{digits}}}'
+    tables = flatten([raw_profile(data.encode())])
+    assert tables.profile_interactions.select("count", "count_text").row(0) == (None, digits)
+    assert only_row(tables)["red_id"] == digits
+
+
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
 def test_non_finite_numbers_are_null_in_string_columns(literal: bytes) -> None:
     row = only_row(flatten([raw_profile(b'{"fans":1,"nickname":' + literal + b"}")]))

@@ -110,6 +110,16 @@ def test_tolerant_reader_converts_field_by_field(data: object, expected: Profile
     assert read_tolerant(serialize(data)) == expected
 
 
+def test_integers_beyond_64_bits_keep_every_digit_as_text() -> None:
+    """orjson would read them as floats ("1.2345678901234568e+29"): the stdlib reads them."""
+    digits = "123456789012345678901234567890"
+    body = f'{{"nickname": {digits}, "fans": {digits}, "interactions": [{{"count": {digits}}}]}}'
+    assert read_typed(body.encode()) is None
+    assert read_tolerant(body.encode()) == ProfileData(
+        nickname=digits, interactions=[Interaction(count=digits)]
+    )
+
+
 @pytest.mark.parametrize("body", [b"[1]", b"null", b"{", b"", b'{"a": 1} x', b"\xff"])
 def test_bodies_that_are_not_an_object_read_as_none_both_ways(body: bytes) -> None:
     assert read_typed(body) is None
