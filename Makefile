@@ -2,9 +2,10 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY ?= python3
-# uv from PATH, else where `pip install --user` puts it, else as a module of $(PY); evaluated at
-# each use, so a uv that the `uv` target has just installed is found.
-UV = $(shell command -v uv 2>/dev/null || { test -x $(HOME)/.local/bin/uv && echo $(HOME)/.local/bin/uv; } || echo "$(PY) -m uv")
+# uv from PATH, else where `pip install --user` puts it, else the project's .tools venv (for a
+# Python that refuses pip installs, PEP 668), else as a module of $(PY); evaluated at each use,
+# so a uv that the `uv` target has just installed is found.
+UV = $(shell command -v uv 2>/dev/null || { test -x $(HOME)/.local/bin/uv && echo $(HOME)/.local/bin/uv; } || { test -x .tools/bin/uv && echo .tools/bin/uv; } || echo "$(PY) -m uv")
 VENV := .venv
 BIN := $(VENV)/bin
 IDS ?= data/sample_ids.csv
@@ -17,7 +18,8 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-9s %s\n", $$1, $$2}'
 
 uv: # uv itself, installed with pip when the machine has none
-	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet uv
+	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet uv 2>/dev/null \
+	  || { $(PY) -m venv .tools && .tools/bin/pip install --quiet uv; }
 	@$(UV) --version >/dev/null 2>&1 || { echo "uv is not installed and pip could not install it" >&2; exit 1; }
 
 $(BIN)/xhs-profiles: pyproject.toml uv.lock | uv
@@ -55,5 +57,5 @@ bench: install ## the benchmark: figures and ratios against the naive loop and d
 soak: install ## 50 random SIGKILLs and resumes against the sandbox
 	$(BIN)/pytest -q tests/test_crash.py -k soak --soak-kills 50 -p no:randomly
 
-clean: ## remove .venv, out/ and caches
-	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache
+clean: ## remove .venv, out/, caches and the .tools venv (uv, when installed there)
+	rm -rf $(VENV) $(OUT) .tools .pytest_cache .mypy_cache .ruff_cache
