@@ -20,7 +20,9 @@ help: ## list the targets
 uv: # uv itself, installed with pip when the machine has none
 	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet uv 2>/dev/null \
 	  || { $(PY) -m venv .tools && .tools/bin/pip install --quiet uv; }
-	@$(UV) --version >/dev/null 2>&1 || { echo "uv is not installed and pip could not install it" >&2; exit 1; }
+	@# make expands a recipe before running it: this line cannot use $(UV), which was read above
+	@{ command -v uv || test -x $(HOME)/.local/bin/uv || test -x .tools/bin/uv || $(PY) -m uv --version; } \
+	  >/dev/null 2>&1 || { echo "uv is not installed and pip could not install it" >&2; exit 1; }
 
 $(BIN)/xhs-profiles: pyproject.toml uv.lock | uv
 	$(UV) sync --locked --group dev
