@@ -5,8 +5,8 @@ Two readers give the same record (a property test holds them to it):
 - ``read_typed``: msgspec decodes straight into the Structs below, skipping the ~60 fields no
   table uses without building Python objects for them.  It accepts only well-typed bodies
   (strings where text is expected, Int64 integers, bools, objects and lists where the API puts
-  them) and returns None for anything else.  This is the path real responses take, and about
-  three times faster than parsing the whole body with orjson.
+  them) and returns None for anything else.  This is the path real responses take: on a
+  4–5 KB profile it takes about half the time of parsing the whole body with orjson.
 - ``read_tolerant``: parses the whole body (orjson, then the stdlib parser) and applies the
   conversion rules of ``pipeline.flatten`` field by field, so a wrong-typed value becomes what
   the rules say instead of failing the profile.  It is the reference, and the path for bodies
@@ -28,6 +28,8 @@ import msgspec
 import orjson
 
 __all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
     "LONG_DIGIT_RUN",
     "DescInfo",
     "Interaction",
