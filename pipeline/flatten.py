@@ -11,8 +11,8 @@ profile whose ``data`` cannot be read still gets its row.  Rules:
    ``data`` bytes decoded as UTF-8, verbatim (invalid UTF-8 bytes become U+FFFD).
 3. ``data`` is read by ``pipeline.profile_data``: a typed msgspec decode for well-typed bodies,
    else orjson, else (or when the body holds a number of 19+ digits, which orjson would turn
-   into a float) the stdlib parser, which leaves digit strings longer than 18 characters
-   unparsed and turns lone surrogates in the strings kept into U+FFFD.  If none can read it
+   into a float) the stdlib parser, which leaves integers of more than 19 digits as their text
+   and turns lone surrogates in the strings kept into U+FFFD.  If none can read it
    (invalid JSON or UTF-8, nesting too deep) or the value is not an object, the profile row has
    only ``user_id``, ``fetched_at``, ``request_id`` and ``raw_json`` set, and it has no tags or
    interactions.

@@ -146,8 +146,8 @@ def read_tolerant(data: bytes) -> ProfileData | None:
 
     orjson first.  When it refuses (nesting deeper than its limit, NaN, lone surrogates), or
     the body holds a number of 19 digits or more (orjson turns integers beyond 64 bits into
-    floats, losing digits), the stdlib parser reads it, leaving digit strings longer than 18
-    characters unparsed (Python refuses to convert more than 4300 digits), and lone surrogates
+    floats, losing digits), the stdlib parser reads it, leaving integers of more than 19
+    digits as their text (Python refuses to convert more than 4300 digits), and lone surrogates
     in the strings kept become U+FFFD.
     """
     parsed = _parse(data)
@@ -236,9 +236,10 @@ def _interaction(entry: dict[str, Json], text_of: TextOf) -> Interaction:
     )
 
 
-def _int_or_digits(digits: str) -> int | str:
-    # Python refuses int() on more than 4300 digits; no count needs more than 19.
-    return int(digits) if len(digits) <= 18 else digits
+def _int_or_digits(literal: str) -> int | str:
+    # Python refuses int() on more than 4300 digits, and no Int64 has more than 19: longer
+    # literals stay text.  Up to 19 digits (sign apart) they are ints, as the typed reader has them.
+    return int(literal) if len(literal.lstrip("-")) <= 19 else literal
 
 
 def parse_count(value: object) -> int | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.profile_data import (
@@ -110,6 +110,16 @@ def test_tolerant_reader_converts_field_by_field(data: object, expected: Profile
     assert read_tolerant(serialize(data)) == expected
 
 
+@pytest.mark.parametrize("value", [10**18, 2**63 - 1, -(2**63), -(10**18)])
+def test_nineteen_digit_int64_values_are_ints_from_both_readers(value: int) -> None:
+    """A 19-digit number sends the tolerant reader to the stdlib parser; it must still give
+    ints, as the typed reader does, not digit strings."""
+    body = serialize({"fans": value, "interactions": [{"type": "fans", "count": value}]})
+    expected = ProfileData(fans=value, interactions=[Interaction(type="fans", count=value)])
+    assert read_typed(body) == expected
+    assert read_tolerant(body) == expected
+
+
 def test_integers_beyond_64_bits_keep_every_digit_as_text() -> None:
     """orjson would read them as floats ("1.2345678901234568e+29"): the stdlib reads them."""
     digits = "123456789012345678901234567890"
@@ -155,6 +165,9 @@ def test_records_hold_no_cycles_so_the_collector_need_not_track_them() -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(TYPED_PROFILE_DATA)
+# 19-digit integers send the tolerant reader to the stdlib parser: found by this test in CI.
+@example({"interactions": [{"count": 10**18}]})
+@example({"fans": -(2**63), "interactions": [{"count": 2**63 - 1}]})
 def test_any_well_typed_body_takes_the_typed_path_and_reads_the_same(data: object) -> None:
     body = serialize(data)
     typed = read_typed(body)
