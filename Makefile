@@ -12,7 +12,7 @@ IDS ?= data/sample_ids.csv
 OUT ?= out
 ARGS ?=
 
-.PHONY: help uv install run test lint format bench soak clean
+.PHONY: help uv install run test lint format bench fuzz soak clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-9s %s\n", $$1, $$2}'
@@ -55,6 +55,10 @@ format: install ## apply ruff's fixes and formatting
 bench: install ## the benchmark: figures and ratios against the naive loop and dlt, into bench/RESULTS.md
 	$(UV) sync --locked --group dev --group bench
 	$(BIN)/python -m bench
+
+fuzz: install ## the property tests (flatten, readers) with new random examples, many times
+	for i in 1 2 3 4 5; do HYPOTHESIS_PROFILE=explore $(BIN)/pytest -q \
+	  tests/test_profile_data.py tests/test_flatten.py -k "any_ or arbitrary or refuses_or_agrees" || exit 1; done
 
 soak: install ## 50 random SIGKILLs and resumes against the sandbox
 	$(BIN)/pytest -q tests/test_crash.py -k soak --soak-kills 50 -p no:randomly

@@ -8,12 +8,20 @@ non-loopback address.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 import pytest
+from hypothesis import settings
 
 from pipeline.sandbox import Sandbox, SandboxConfig
+
+# `make test` (CI too) runs the property tests on a fixed sequence of examples, so a red run can
+# be replayed and a green commit stays green; `make fuzz` draws new examples every run.
+settings.register_profile("fixed", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 
 
 class SandboxFactory(Protocol):
