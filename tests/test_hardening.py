@@ -160,25 +160,16 @@ def test_a_hostile_answer_ends_as_a_failure_row_with_a_clear_message(
 
 
 @pytest.mark.parametrize("mode", ["reset_mid", "truncated"])
-def test_a_body_cut_off_mid_answer_is_retried_then_failed(
+def test_a_body_cut_off_mid_answer_is_retried_then_failed_with_a_message_in_words(
     sandbox: SandboxFactory, tmp_path: Path, mode: str
 ) -> None:
     _, out, api = hostile_run(sandbox, tmp_path, [mode] * 3)
     [row] = failures_csv(out)
     assert (row["user_id"], row["code"], row["attempts"]) == (VICTIM, "-1", "3")
-    assert row["message"].startswith("connection ")
     assert "\n" not in row["message"] and len(row["message"]) <= 200
-    assert api.stats().calls_by_id[VICTIM] == 3
-
-
-@pytest.mark.parametrize("mode", ["reset_mid", "truncated"])
-def test_a_body_cut_off_mid_answer_has_a_message_in_words(
-    sandbox: SandboxFactory, tmp_path: Path, mode: str
-) -> None:
-    _, out, _ = hostile_run(sandbox, tmp_path, [mode] * 3)
-    [row] = failures_csv(out)
     # A clear message says what happened in words, not a library's exception repr.
     assert re.fullmatch(r"connection (closed|broken) [a-z ,()-]+", row["message"]), row["message"]
+    assert api.stats().calls_by_id[VICTIM] == 3
 
 
 def test_a_body_that_never_ends_times_out_and_the_id_is_failed(
