@@ -379,7 +379,7 @@ def flatten_and_write(s: Settings) -> list[Measure]:
 
     def ours(out: Path) -> None:
         for batch in batches:
-            for table, frame in flatten(batch).items():
+            for table, frame in flatten(batch).by_table():
                 if frame.height:
                     write_part(out, table, day, frame)
 
@@ -400,7 +400,7 @@ def flatten_and_write(s: Settings) -> list[Measure]:
         for batch in batches:
             flatten(batch)
 
-    flattened = [list(flatten(batch).items()) for batch in batches]
+    flattened = [list(flatten(batch).by_table()) for batch in batches]
 
     def write_only(out: Path) -> None:
         for tables in flattened:

@@ -6,13 +6,15 @@ This is the only module that imports click, prints for the user, or decides an e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
+import textwrap
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn, TypeVar
 
 import click
 import httpx
@@ -30,28 +32,35 @@ from pipeline.config import (
     validate_base_url,
 )
 from pipeline.errors import (
-    EXIT_INTERRUPTED,
+    EXIT_CODES,
     EXIT_UNEXPECTED,
-    EXIT_USAGE,
+    Interrupted,
+    SandboxOptionError,
     UsageError,
     XhsProfilesError,
 )
 from pipeline.progress import make_progress
+from pipeline.run_report import Outcome, RunReport
 from pipeline.sandbox import Sandbox, SandboxConfig, serve
 
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0  completed: every valid id is in the profiles table or in failures.csv
-  1  unexpected error (a bug: please report it with --debug output)
-  2  bad usage or bad input (one-line reason; nothing was called)
-  3  stopped early: the API refused the account (code 100 bad token, 303 daily
-     quota, 600 no permission, 601 no balance) or the endpoint is gone;
-     progress kept, rerun the same command to resume
-  4  --max-calls reached; progress kept, rerun to go on
-  5  output or state could not be written (disk full, I/O error); progress
-     kept, free space and rerun
-  130 interrupted (Ctrl-C / SIGTERM) after finishing the calls in flight
-"""
+# click's ``\b`` keeps the lines as they are instead of rewrapping them into one paragraph.
+EXIT_CODES_HELP: Final = "\n".join(
+    [
+        "\b",
+        "Exit codes:",
+        *(
+            line
+            for code, meaning in EXIT_CODES.items()
+            for line in textwrap.wrap(
+                meaning, width=79, initial_indent=f"  {code:<2} ", subsequent_indent=" " * 5
+            )
+        ),
+        "",
+    ]
+)
+# Where the --debug flag of the running subcommand is kept (click shares ``meta`` with the group).
+_DEBUG: Final = "xhs_profiles.debug"
+_Command = TypeVar("_Command", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +97,38 @@ class _Group(click.Group):
         except click.ClickException as exc:
             _fail(exc.exit_code, exc.format_message())
         except click.Abort:
-            _fail(EXIT_INTERRUPTED, "aborted")
+            _fail(Interrupted.exit_code, "aborted")
         sys.exit(result if isinstance(result, int) else 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """The one error boundary of every subcommand: an error becomes one line and its exit
+        code; an unexpected one also shows its traceback (token masked) under --debug."""
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own: ``main`` above words them
+        except XhsProfilesError as exc:
+            _fail(exc.exit_code, f"{exc.prefix}{exc}")
+        except KeyboardInterrupt:
+            _fail(Interrupted.exit_code, str(Interrupted()))
+        except Exception as exc:
+            if ctx.meta.get(_DEBUG):
+                click.echo(redact(traceback.format_exc()), err=True)
+            _fail(
+                EXIT_UNEXPECTED,
+                f"unexpected error: {type(exc).__name__}: {exc} "
+                "(rerun with --debug for the traceback)",
+            )
+
+
+def _debug_option(help_text: str) -> Callable[[_Command], _Command]:
+    """``--debug``, recorded where the error boundary reads it."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        ctx.meta[_DEBUG] = value
+        return value
+
+    return click.option("--debug", is_flag=True, callback=remember, help=help_text)
 
 
 @click.group(cls=_Group, name="xhs-profiles")
@@ -187,48 +226,40 @@ def cli() -> None:
     is_flag=True,
     help="Run against the built-in sandbox API on 127.0.0.1 (no real calls).",
 )
-@click.option("--debug", is_flag=True, help="Debug logging (tokens masked) and tracebacks.")
+@_debug_option("Debug logging (tokens masked) and tracebacks.")
 @click.pass_obj
 def run_command(obj: Seams | None, /, **options: Any) -> None:
     """Fetch the profiles of the ids in INPUT.csv into --out (resumes a killed run)."""
-    debug = bool(options.pop("debug"))
-    _configure_logging(debug)
-    use_sandbox = bool(options.pop("use_sandbox"))
-    sandbox: Sandbox | None = None
-    try:
-        if use_sandbox:
-            sandbox = Sandbox(
-                SandboxConfig.from_options(latency=(0.01, 0.05), fault_mix="301:0.1,500:0.05")
-            )
-            options["base_url"] = sandbox.start()
+    _configure_logging(bool(options.pop("debug")))
+    transport = obj.transport if obj else None
+    show_progress = not options.pop("no_progress")
+    if options.pop("use_sandbox"):
+        sandbox_config = SandboxConfig.from_options(
+            latency=(0.01, 0.05), fault_mix="301:0.1,500:0.05"
+        )
+        with Sandbox(sandbox_config) as sandbox:
+            options["base_url"] = sandbox.base_url
             options["token"] = sandbox.config.token
             click.echo(
                 f"Sandbox mode: running {options['input_csv']} against the built-in sandbox API "
-                f"at {options['base_url']} (no real calls, no token needed).",
+                f"at {sandbox.base_url} (no real calls, no token needed).",
                 err=True,
             )
-        config = _make_config(options, sandbox=use_sandbox)
-        progress = make_progress(not options["no_progress"] and not config.dry_run)
-        report = runner.run(config, transport=obj.transport if obj else None, progress=progress)
-    except XhsProfilesError as exc:
-        _fail(exc.exit_code, str(exc))
-    except KeyboardInterrupt:
-        _fail(EXIT_INTERRUPTED, "interrupted; progress kept, rerun the same command to resume")
-    except Exception as exc:
-        if debug:
-            click.echo(redact(traceback.format_exc()), err=True)
-        _fail(
-            EXIT_UNEXPECTED,
-            f"unexpected error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-        )
-    finally:
-        if sandbox is not None:
-            sandbox.stop()
+            report = _run(_make_config(options, sandbox=True), transport, show_progress)
+    else:
+        report = _run(_make_config(options, sandbox=False), transport, show_progress)
     _print_report(report)
     if report.stopped_by is not None:
-        _fail(report.stopped_by.exit_code, f"stopped: {report.stopped_by}")
+        raise report.stopped_by
     if report.interrupted:
-        _fail(EXIT_INTERRUPTED, "interrupted; progress kept, rerun the same command to resume")
+        raise Interrupted()
+
+
+def _run(
+    config: RunConfig, transport: httpx.AsyncBaseTransport | None, show_progress: bool
+) -> RunReport:
+    progress = make_progress(show_progress and not config.dry_run)
+    return runner.run(config, transport=transport, progress=progress)
 
 
 def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
@@ -252,7 +283,6 @@ def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
         rate=options["rate"],
         max_attempts=options["max_attempts"],
         timeout=options["timeout"],
-        progress=not options["no_progress"],
         max_calls=options["max_calls"],
         dry_run=options["dry_run"],
         batch_rows=options["batch_rows"],
@@ -261,27 +291,25 @@ def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
     )
 
 
-def _print_report(report: runner.RunReport) -> None:
-    s = report.summary
-    if s.get("outcome") == "dry_run":
+def _print_report(report: RunReport) -> None:
+    if report.outcome is Outcome.DRY_RUN:
         click.echo(
-            f"dry run: {s['calls_planned']:,} ids would be called "
-            f"(snapshot {s['snapshot_date']}, {s['out']}); no call made"
+            f"dry run: {report.calls_planned or 0:,} ids would be called "
+            f"(snapshot {report.snapshot_date.isoformat()}, {report.out}); no call made"
         )
         return
-    snap, req = s["snapshot"], s["requests"]
+    snap, req = report.snapshot, report.requests
     click.echo(
-        f"snapshot {s['snapshot_date']}: {snap.get('written', 0):,} profiles, "
-        f"{snap.get('failed', 0) + snap.get('rejected', 0):,} failed, "
-        f"{snap.get('pending', 0):,} pending"
+        f"snapshot {report.snapshot_date.isoformat()}: {snap.written:,} profiles, "
+        f"{snap.failures:,} failed, {snap.pending:,} pending"
     )
     click.echo(
-        f"this run: {req['calls']:,} calls, {req['fetched']:,} fetched, {req['failed']:,} failed, "
-        f"{req['retried']:,} retried, {req['rate_limited']:,} rate-limited, {s['duration_s']:.1f} s"
+        f"this run: {req.calls:,} calls, {req.fetched:,} fetched, {req.failed:,} failed, "
+        f"{req.retried:,} retried, {req.rate_limited:,} rate-limited, {report.duration_s:.1f} s"
     )
-    rows = s["failures_rows"]
+    rows = report.failures_rows
     click.echo(
-        f"output: {s['out']}  (failures: {s['failures_file']}, {rows:,} row{'s' * (rows != 1)})"
+        f"output: {report.out}  (failures: {report.failures_file}, {rows:,} row{'s' * (rows != 1)})"
     )
 
 
@@ -328,33 +356,34 @@ def _fail(code: int, message: str) -> NoReturn:
     help="Answer HTTP 404 for this API version.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-def sandbox_command(host: str, port: int, latency: str, **options: Any) -> None:
+@_debug_option("Tracebacks on unexpected errors.")
+def sandbox_command(host: str, port: int, **options: Any) -> None:
     """Serve a realistic fake of get-user/v4 (and v3) on HOST:PORT until Ctrl-C."""
-    lo, _, hi = latency.partition(":")
-    try:
-        config = SandboxConfig.from_options(
-            token=options["token"],
-            latency=(float(lo), float(hi or lo)),
-            rate_limit=options["rate_limit"],
-            retry_after=options["retry_after"],
-            daily_quota=options["daily_quota"],
-            fault_mix=options["faults"],
-            never_succeed=options["never_succeed"],
-            scripts=options["script"],
-            gone_versions=frozenset(options["gone"]),
-            seed=options["seed"],
-        )
-    except ValueError as exc:
-        _fail(EXIT_USAGE, f"sandbox: {exc}")
+    config = SandboxConfig.from_options(
+        token=options["token"],
+        latency=_latency(options["latency"]),
+        rate_limit=options["rate_limit"],
+        retry_after=options["retry_after"],
+        daily_quota=options["daily_quota"],
+        fault_mix=options["faults"],
+        never_succeed=options["never_succeed"],
+        scripts=options["script"],
+        gone_versions=frozenset(options["gone"]),
+        seed=options["seed"],
+    )
     click.echo(
         f"sandbox API on http://{host}:{port} (token {config.token!r}); Ctrl-C stops it", err=True
     )
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how this command is meant to end
         asyncio.run(serve(config, host, port))
-    except KeyboardInterrupt:
-        pass
-    except OSError as exc:
-        _fail(EXIT_USAGE, f"sandbox: cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+def _latency(text: str) -> tuple[float, float]:
+    lo, _, hi = text.partition(":")
+    try:
+        return float(lo), float(hi or lo)
+    except ValueError as exc:
+        raise SandboxOptionError(str(exc)) from exc
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import importlib.metadata
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,16 @@ BASE_URL_ENV: Final = "JUSTONEAPI_BASE_URL"
 ApiVersion = Literal["v4", "v3"]
 API_VERSIONS: Final[tuple[ApiVersion, ...]] = ("v4", "v3")
 ID_PATTERN: Final = re.compile(r"[0-9a-f]{24}")
+
+
+def _installed_version() -> str:
+    try:
+        return importlib.metadata.version("xhs-profiles")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "0+unknown"
+
+
+TOOL_VERSION: Final = _installed_version()
 
 
 class Secret:
@@ -74,7 +85,6 @@ class RunConfig:
     rate: float | None = None  # requests per second across all workers; None: no cap given
     max_attempts: int = 5
     timeout: float = 60.0  # seconds; the vendor advises at least 60
-    progress: bool = True
     max_calls: int | None = None
     dry_run: bool = False
     batch_rows: int = 2000  # profiles per Parquet part; 5,000 cost 60 MB more peak memory

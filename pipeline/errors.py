@@ -1,22 +1,27 @@
-"""Every error xhs-profiles raises on purpose, and the exit code each one ends a run with.
+"""Every error xhs-profiles raises on purpose, and the exit code each one ends a command with.
 
-Only ``pipeline.cli`` turns these into messages and exit codes; every other module raises them,
-translating foreign exceptions (httpx, sqlite3, OSError, polars) at its own edge with
-``raise ... from``.  Messages are one line, say what to do, and never contain the API token.
+Only ``pipeline.cli`` turns these into messages and exit codes, in one place for every
+subcommand; every other module raises them, translating foreign exceptions (httpx, sqlite3,
+OSError, polars) at its own edge with ``raise ... from``.  Messages are one line, say what to
+do, and never contain the API token.  The CLI prints ``xhs-profiles: <prefix><message>``.
 
 Hierarchy::
 
     XhsProfilesError                    base; exit 1 if nothing more specific applies
     ├── UsageError                      exit 2: bad options or bad input, nothing was called
     │   ├── InputError                  the CSV of ids cannot be read or has no id column
-    │   └── StateError                  the checkpoint in OUT/_state cannot be used
-    │       ├── StateLockedError        another run holds OUT
-    │       └── StateVersionError       the state was written by an incompatible version
-    ├── StopRun                         exit 3: the API says no further call can succeed now;
-    │   │                               progress is kept and a rerun resumes
-    │   ├── AccountError                business code 100, 303, 600 or 601
-    │   └── EndpointGoneError           the endpoint itself answers 404 (try --api-version v3)
-    ├── CallBudgetExhausted             exit 4: --max-calls reached; progress kept
+    │   ├── StateError                  the checkpoint in OUT/_state cannot be used
+    │   │   ├── StateLockedError        another run holds OUT
+    │   │   └── StateVersionError       the state was written by an incompatible version
+    │   └── SandboxError                the sandbox cannot start as asked (prefix "sandbox: ")
+    │       ├── SandboxOptionError      a malformed sandbox option (a ValueError too)
+    │       └── SandboxListenError      the address is taken or refused (an OSError too)
+    ├── StopRun                         the run ended early and kept its progress; a rerun
+    │   │                               resumes (prefix "stopped: ")
+    │   ├── AccountError                exit 3: business code 100, 303, 600 or 601
+    │   ├── EndpointGoneError           exit 3: the endpoint answers 404 (try --api-version v3)
+    │   └── CallBudgetExhausted         exit 4: --max-calls reached
+    ├── Interrupted                     exit 130: SIGINT/SIGTERM, after the calls in flight
     ├── StorageError                    exit 5: output or state could not be written (disk full,
     │                                   permissions); progress kept
     └── FetchError                      about one call for one id; never reaches the CLI
@@ -31,27 +36,43 @@ exceptions are): the runner's ``except`` clauses, not string matching, decide wh
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_UNEXPECTED = 1
-EXIT_USAGE = 2
-EXIT_STOPPED = 3
-EXIT_BUDGET = 4
-EXIT_STORAGE = 5
-EXIT_INTERRUPTED = 130
+from typing import ClassVar, Final
+
+EXIT_UNEXPECTED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_STOPPED: Final = 3
+EXIT_BUDGET: Final = 4
+EXIT_STORAGE: Final = 5
+EXIT_INTERRUPTED: Final = 130
+
+# What each exit code means, for ``--help`` and the README (a test holds the README to it).
+EXIT_CODES: Final = {
+    0: "completed: every valid id is in the profiles table or in failures.csv",
+    EXIT_UNEXPECTED: "unexpected error (a bug: please report it with --debug output)",
+    EXIT_USAGE: "bad usage or bad input (one-line reason; nothing was called)",
+    EXIT_STOPPED: "stopped early: the API refused the account (code 100 bad token, 303 daily "
+    "quota, 600 no permission, 601 no balance) or the endpoint is gone; progress kept, rerun "
+    "the same command to resume",
+    EXIT_BUDGET: "--max-calls reached; progress kept, rerun to go on",
+    EXIT_STORAGE: "output or state could not be written (disk full, I/O error); progress kept, "
+    "free space and rerun",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C / SIGTERM) after finishing the calls in flight",
+}
 
 # failures.csv's ``code`` is the API's business code, or this when no usable JSON answer came
 # back (timeout, connection reset, HTML error page, truncated, oversized or invalid body).
-CODE_NO_RESPONSE = -1
+CODE_NO_RESPONSE: Final = -1
 # Code 0 with an empty ``data`` (no ``userid``): the API answered but there is no profile.
-CODE_UNAVAILABLE = 0
+CODE_UNAVAILABLE: Final = 0
 # Input cells that are not ids are recorded with the API's own "invalid parameters" code.
-CODE_INVALID_INPUT = 400
+CODE_INVALID_INPUT: Final = 400
 
 
 class XhsProfilesError(Exception):
-    """Base class; ``exit_code`` is what the CLI exits with."""
+    """Base class; the CLI exits with ``exit_code`` and prints ``prefix`` before the message."""
 
-    exit_code: int = EXIT_UNEXPECTED
+    exit_code: ClassVar[int] = EXIT_UNEXPECTED
+    prefix: ClassVar[str] = ""
 
 
 class UsageError(XhsProfilesError):
@@ -74,14 +95,37 @@ class StateVersionError(StateError):
     """The state was written by a version of the tool that this one cannot read."""
 
 
+class SandboxError(UsageError):
+    """The built-in sandbox API cannot start as asked."""
+
+    prefix = "sandbox: "
+
+
+class SandboxOptionError(SandboxError, ValueError):
+    """A sandbox option is malformed (a ValueError too, for callers that catch that)."""
+
+
+class SandboxListenError(SandboxError, OSError):
+    """The sandbox cannot listen on the requested address (an OSError too)."""
+
+    def __init__(self, errno: int, reason: str, *, address: str) -> None:
+        super().__init__(errno, reason)
+        self.address = address
+
+    def __str__(self) -> str:
+        return f"cannot listen on {self.address}: {self.strerror}"
+
+
 class StopRun(XhsProfilesError):
-    """No further call can succeed now; the run stops and keeps its progress."""
+    """The run stopped early and kept its progress; ``outcome`` names it in the run summary."""
 
     exit_code = EXIT_STOPPED
+    prefix = "stopped: "
+    outcome: ClassVar[str] = "stopped"
 
 
 class AccountError(StopRun):
-    """An account-level business code (100, 303, 600, 601)."""
+    """An account-level business code (100, 303, 600, 601): no further call can succeed now."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -92,10 +136,22 @@ class EndpointGoneError(StopRun):
     """The endpoint answered HTTP 404 without a JSON body: the API version is gone."""
 
 
-class CallBudgetExhausted(XhsProfilesError):
+class CallBudgetExhausted(StopRun):
     """--max-calls calls were made; the rest stays pending for the next run."""
 
     exit_code = EXIT_BUDGET
+    outcome = "budget"
+
+
+class Interrupted(XhsProfilesError):
+    """SIGINT/SIGTERM (or Ctrl-C) stopped the command; a run first finishes its calls in flight."""
+
+    exit_code = EXIT_INTERRUPTED
+
+    def __init__(
+        self, message: str = "interrupted; progress kept, rerun the same command to resume"
+    ) -> None:
+        super().__init__(message)
 
 
 class StorageError(XhsProfilesError):

@@ -35,8 +35,7 @@ from pipeline.errors import (
     StopRun,
     TransientError,
 )
-from pipeline.progress import Tally
-from pipeline.records import FetchedProfile
+from pipeline.records import FetchedProfile, Tally
 
 
 class PendingLike(Protocol):
@@ -69,7 +68,7 @@ class FetchOutcome:
     """What the loop did; ``stopped_by`` is the error that ended it early, if any."""
 
     tally: Tally
-    stopped_by: BaseException | None = None
+    stopped_by: StopRun | None = None
     interrupted: bool = False
 
 
@@ -101,7 +100,7 @@ class Fetcher:
         self._heap: list[_Retry] = []
         self._seq = itertools.count()
         self._tally = Tally()
-        self._stop: BaseException | None = None
+        self._stop: StopRun | None = None
         self._interrupted = False
         self._fatal: Exception | None = None
         self._wake = asyncio.Event()

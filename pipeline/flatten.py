@@ -1,4 +1,4 @@
-"""Stored responses → the three output tables, as polars frames with the declared schemas.
+"""Stored responses → one frame per table of ``schema.TABLES``, with the declared schemas.
 
 A pure function: no I/O, no network, no clock.  It never raises on what the API sent; a
 profile whose ``data`` cannot be read still gets its row.  Rules:
@@ -51,9 +51,7 @@ the one body, which then takes the tolerant reader.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Final
 
 import polars as pl
@@ -70,31 +68,42 @@ from pipeline.profile_data import (
 )
 from pipeline.records import FetchedProfile
 from pipeline.schema import PROFILE_INTERACTIONS, PROFILE_TAGS, PROFILES, TABLES, Table
+from pipeline.timestamps import to_epoch_us
 
 __all__ = ["Tables", "flatten", "parse_count"]
 
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_MICROSECOND: Final = dt.timedelta(microseconds=1)
 _UNREADABLE: Final = ProfileData()
 
 
-@dataclass(frozen=True, slots=True)
-class Tables:
-    """The three frames of one batch, each with exactly its declared schema."""
+class Tables(Mapping[str, pl.DataFrame]):
+    """One batch's frames by table name: exactly the tables of ``schema.TABLES``, each with its
+    declared schema (checked here, so a table declared without a builder fails at once)."""
 
-    profiles: pl.DataFrame
-    profile_tags: pl.DataFrame
-    profile_interactions: pl.DataFrame
+    __slots__ = ("_frames",)
 
-    def items(self) -> Iterator[tuple[Table, pl.DataFrame]]:
-        """(declared table, frame) for each table, in ``schema.TABLES`` order."""
-        frames = {
-            PROFILES.name: self.profiles,
-            PROFILE_TAGS.name: self.profile_tags,
-            PROFILE_INTERACTIONS.name: self.profile_interactions,
-        }
+    def __init__(self, frames: Mapping[str, pl.DataFrame]) -> None:
+        missing = [t.name for t in TABLES if t.name not in frames]
+        unknown = sorted(set(frames) - {t.name for t in TABLES})
+        if missing or unknown:
+            raise ValueError(f"flatten built no frame for {missing}, or one for unknown {unknown}")
         for table in TABLES:
-            yield table, frames[table.name]
+            if frames[table.name].schema != table.schema:
+                raise ValueError(f"the {table.name} frame does not have the declared schema")
+        self._frames = {t.name: frames[t.name] for t in TABLES}
+
+    def __getitem__(self, name: str) -> pl.DataFrame:
+        return self._frames[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._frames)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def by_table(self) -> Iterator[tuple[Table, pl.DataFrame]]:
+        """(declared table, frame) for each table, in ``schema.TABLES`` order."""
+        for table in TABLES:
+            yield table, self._frames[table.name]
 
 
 def flatten(profiles: Sequence[FetchedProfile]) -> Tables:
@@ -138,9 +147,13 @@ def flatten(profiles: Sequence[FetchedProfile]) -> Tables:
     )
     profile_columns["raw_json"] = raw_json
     return Tables(
-        profiles=_frame(PROFILES, profile_columns),
-        profile_tags=_frame(PROFILE_TAGS, tags.named(PROFILE_TAGS)),
-        profile_interactions=_frame(PROFILE_INTERACTIONS, interactions.named(PROFILE_INTERACTIONS)),
+        {
+            PROFILES.name: _frame(PROFILES, profile_columns),
+            PROFILE_TAGS.name: _frame(PROFILE_TAGS, tags.named(PROFILE_TAGS)),
+            PROFILE_INTERACTIONS.name: _frame(
+                PROFILE_INTERACTIONS, interactions.named(PROFILE_INTERACTIONS)
+            ),
+        }
     )
 
 
@@ -253,7 +266,7 @@ def _profile_row(
         _either(data.imageb, data.images),
         data.share_link,
         location_tag,
-        _micros(profile.fetched_at),
+        to_epoch_us(profile.fetched_at),
         profile.request_id,
     )
 
@@ -263,12 +276,6 @@ def _either(first: str | None, second: str | None) -> str | None:
     if first or second is None:
         return first
     return second if second or first is None else first
-
-
-def _micros(moment: dt.datetime) -> int:
-    if moment.tzinfo is None:  # the record promises UTC; a naive value is read as UTC
-        moment = moment.replace(tzinfo=dt.UTC)
-    return (moment - _EPOCH) // _MICROSECOND
 
 
 def _frame(table: Table, columns: Mapping[str, list[object] | pl.Series]) -> pl.DataFrame:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from typing import Protocol, TextIO
 
 from rich.console import Console
@@ -22,18 +21,7 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichBar
 
-
-@dataclass(slots=True)
-class Tally:
-    """Running counts of this run's outcomes."""
-
-    done: int = 0  # ids that reached a final outcome this run (fetched or failed)
-    fetched: int = 0
-    failed: int = 0
-    retried: int = 0
-    rate_limited: int = 0
-    calls: int = 0
-    rate: float | None = None  # the limiter's current requests/s
+from pipeline.records import Tally
 
 
 class Progress(Protocol):

@@ -1,4 +1,4 @@
-"""Small immutable records that cross step boundaries (client → state → flatten/sink).
+"""Small records that cross step boundaries (client → state → flatten/sink, fetcher → runner).
 
 They live here, beside ``config`` and ``errors``, so that no step imports another step.
 """
@@ -55,3 +55,16 @@ class Part:
     table: str
     path: str  # relative to --out, with forward slashes
     rows: int
+
+
+@dataclass(slots=True)
+class Tally:
+    """Running counts of one run's calls and outcomes, kept by the fetch loop (mutable)."""
+
+    done: int = 0  # ids that reached a final outcome this run (fetched or failed)
+    fetched: int = 0
+    failed: int = 0
+    retried: int = 0
+    rate_limited: int = 0
+    calls: int = 0
+    rate: float | None = None  # the limiter's current requests/s

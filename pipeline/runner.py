@@ -4,9 +4,10 @@ The commit protocol (why a kill at any moment loses nothing and duplicates nothi
 1. ``state.ingest`` records every input id as pending (the primary key dedupes), once per file.
 2. Each successful response is committed to the state before it counts as done.
 3. Every ``batch_rows`` fetched profiles (and at the end), ``flatten`` turns the stored bodies into
-   three frames; ``sink.write_part`` puts each in place by temp file + rename; then one state
-   transaction records the parts and marks the ids written.  A part on disk that the state does
-   not know is a crash orphan: deleted at start-up, its ids flushed again from the stored bodies.
+   one frame per table of ``schema.TABLES``; ``sink.write_part`` puts each in place by temp file
+   + rename; then one state transaction records the parts and marks the ids written.  A part on
+   disk that the state does not know is a crash orphan: deleted at start-up, its ids flushed
+   again from the stored bodies.
 4. At the end small parts are compacted (new file in, swap recorded, old files out), failures.csv
    is rewritten from the state, and a completed snapshot gets its manifest and ``_SUCCESS``.
 """
@@ -15,53 +16,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
+import dataclasses
 import os
 import secrets
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from importlib.metadata import version
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from pipeline import sink
 from pipeline.client import ProfileClient, env_proxy, install_log_redaction, make_transport
-from pipeline.config import RunConfig
+from pipeline.config import TOOL_VERSION, RunConfig
 from pipeline.crashpoints import crash_point
-from pipeline.errors import StopRun, UsageError, XhsProfilesError
+from pipeline.errors import UsageError
 from pipeline.fetcher import Fetcher, FetchOutcome
 from pipeline.flatten import flatten
 from pipeline.ids import IdFile, open_id_file
-from pipeline.progress import NoProgress, Progress, Tally
+from pipeline.progress import NoProgress, Progress
 from pipeline.ratelimit import RateController
+from pipeline.records import Tally
+from pipeline.run_report import (
+    IngestCounts,
+    InputSummary,
+    Outcome,
+    RequestCounts,
+    RunReport,
+    SnapshotCounts,
+    outcome_of,
+)
 from pipeline.schema import TABLES
 from pipeline.state import State
-
-# Rows per compacted file.  100,000 profiles with their raw_json are about 40 MB of zstd Parquet
-# here; a tag or interaction row is ~50 times smaller, so those tables take ten times the rows.
-COMPACT_TARGET_ROWS = {
-    "profiles": 100_000,
-    "profile_tags": 1_000_000,
-    "profile_interactions": 1_000_000,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class RunReport:
-    """What the run did.  ``stopped_by`` is the error that ended it early (exit 3 or 4)."""
-
-    summary: dict[str, Any]
-    stopped_by: XhsProfilesError | None = None
-    interrupted: bool = False
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.summary.get("complete"))
+from pipeline.timestamps import utcnow
 
 
 def run(
@@ -72,37 +60,27 @@ def run(
 ) -> RunReport:
     """Run the job described by ``config``; raise UsageError/StorageError, report the rest."""
     install_log_redaction()
-    started_at = _utcnow()
+    started_at = utcnow()
     started = time.monotonic()
-    run_id = secrets.token_hex(4)
     id_file = open_id_file(config.input_path, config.id_column)
     _check_out_dir(config.out_dir)
     with State.open(config.out_dir, config.snapshot_date) as state:
-        summary: dict[str, Any] = {
-            "run_id": run_id,
-            "tool_version": version("xhs-profiles"),
-            "started_at": _iso(started_at),
-            "snapshot_date": config.snapshot_date.isoformat(),
-            "out": str(config.out_dir),
-            "input": _ingest(state, id_file),
-            "api": {"endpoint": config.endpoint_url, "sandbox": config.sandbox},
-            "settings": {
-                "concurrency": config.concurrency,
-                "rate": config.rate,
-                "max_attempts": config.max_attempts,
-                "timeout": config.timeout,
-                "max_calls": config.max_calls,
-                "batch_rows": config.batch_rows,
-            },
-        }
+        report = RunReport(
+            run_id=secrets.token_hex(4),
+            tool_version=TOOL_VERSION,
+            started_at=started_at,
+            config=config,
+            input=_ingest(state, id_file),
+            outcome=Outcome.DRY_RUN,
+        )
         if config.dry_run:
             # The input is recorded (as the real run would) but no call, table or file is made.
             planned = state.pending_count() + state.retryable_count()
-            summary.update(outcome="dry_run", calls_planned=planned, complete=False)
-            return RunReport(summary)
-        summary["requeued_failures"] = state.requeue_retryable()
+            return dataclasses.replace(report, calls_planned=planned)
+        requeued = state.requeue_retryable()
         _recover(state, config)
-        pending = summary["pending_at_start"] = state.pending_count()
+        pending = state.pending_count()
+        report = dataclasses.replace(report, requeued_failures=requeued, pending_at_start=pending)
         sink.clear_success(config.out_dir, config.snapshot_date)
         limiter = RateController(config.rate)
         outcome = FetchOutcome(Tally())
@@ -114,7 +92,7 @@ def run(
         finally:
             # Whatever stopped the fetch, what was paid for goes to Parquet now.
             _flush(state, config, everything=True)
-        return _finish(state, config, outcome, limiter, summary, started)
+        return _finish(state, config, outcome, limiter, report, started)
 
 
 def _finish(
@@ -122,7 +100,7 @@ def _finish(
     config: RunConfig,
     outcome: FetchOutcome,
     limiter: RateController,
-    summary: dict[str, Any],
+    report: RunReport,
     started: float,
 ) -> RunReport:
     """Compact, rewrite failures.csv, and write the run summary (and, if complete, the manifest)."""
@@ -132,35 +110,30 @@ def _finish(
         config.out_dir, config.snapshot_date, state.iter_failures()
     )
     counts = state.counts()
-    complete = counts.get("pending", 0) == 0 and outcome.stopped_by is None
-    stopped = outcome.stopped_by
-    summary.update(
-        outcome=_outcome_name(stopped, outcome.interrupted, complete),
+    complete = counts["pending"] == 0 and outcome.stopped_by is None
+    report = dataclasses.replace(
+        report,
+        outcome=outcome_of(outcome.stopped_by, interrupted=outcome.interrupted, complete=complete),
         complete=complete,
-        stopped_by=_describe_error(stopped),
-        requests={
-            "calls": outcome.tally.calls,
-            "fetched": outcome.tally.fetched,
-            "failed": outcome.tally.failed,
-            "retried": outcome.tally.retried,
-            "rate_limited": outcome.tally.rate_limited,
-        },
+        stopped_by=outcome.stopped_by,
+        interrupted=outcome.interrupted,
+        requests=RequestCounts.of(outcome.tally),
         rate_control=limiter.snapshot(),
-        snapshot={**counts, "failures_by_code": _str_keys(state.failure_codes())},
-        files={t.name: [p.path for p in state.parts(t.name)] for t in TABLES},
-        failures_file=str(failures_path.relative_to(config.out_dir)),
+        snapshot=SnapshotCounts(**counts, failures_by_code=state.failure_codes()),
+        files={t.name: tuple(p.path for p in state.parts(t.name)) for t in TABLES},
+        failures_file=failures_path.relative_to(config.out_dir).as_posix(),
         failures_rows=failures_rows,
-        finished_at=_iso(_utcnow()),
+        finished_at=utcnow(),
         duration_s=round(time.monotonic() - started, 3),
     )
+    summary = report.to_json()
     if complete:
         crash_point("before_manifest")
         sink.write_manifest(
             config.out_dir, config.snapshot_date, state.parts(), failures_rows, summary
         )
-    sink.write_run_summary(config.out_dir, summary["run_id"], summary)
-    error = stopped if isinstance(stopped, XhsProfilesError) else None
-    return RunReport(summary, stopped_by=error, interrupted=outcome.interrupted)
+    sink.write_run_summary(config.out_dir, report.run_id, summary)
+    return report
 
 
 async def _fetch(
@@ -210,7 +183,7 @@ async def _fetch(
 
 
 @contextlib.contextmanager
-def _stop_on_signals(request_stop: Any) -> Iterator[None]:
+def _stop_on_signals(request_stop: Callable[[], None]) -> Iterator[None]:
     """First SIGINT/SIGTERM: stop dispatching and finish cleanly; a second one kills as usual."""
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -234,27 +207,26 @@ def _stop_on_signals(request_stop: Any) -> Iterator[None]:
                 loop.remove_signal_handler(sig)
 
 
-def _ingest(state: State, id_file: IdFile) -> dict[str, Any]:
+def _ingest(state: State, id_file: IdFile) -> InputSummary:
     key = f"{id_file.fingerprint}:{id_file.column or ''}"
-    info: dict[str, Any] = {
-        "path": str(id_file.path),
-        "encoding": id_file.encoding,
-        "column": id_file.column,
-        "sha256": id_file.fingerprint,
-    }
+    summary = InputSummary(
+        path=str(id_file.path),
+        encoding=id_file.encoding,
+        column=id_file.column,
+        sha256=id_file.fingerprint,
+    )
     if state.input_fingerprint() == key:
-        return {**info, "ingested": False}
-    report = state.ingest(id_file, key)
-    return {
-        **info,
-        "ingested": True,
-        "rows": report.rows,
-        "valid": report.valid,
-        "invalid": report.invalid,
-        "duplicates": report.duplicates,
-        "new": report.new,
-        "blank_cells": id_file.blank_cells,
-    }
+        return summary
+    ingested = state.ingest(id_file, key)
+    counts = IngestCounts(
+        rows=ingested.rows,
+        valid=ingested.valid,
+        invalid=ingested.invalid,
+        duplicates=ingested.duplicates,
+        new=ingested.new,
+        blank_cells=id_file.blank_cells,
+    )
+    return dataclasses.replace(summary, counts=counts)
 
 
 def _recover(state: State, config: RunConfig) -> None:
@@ -266,10 +238,9 @@ def _recover(state: State, config: RunConfig) -> None:
 
 def _flush(state: State, config: RunConfig, *, everything: bool = False) -> None:
     while batch := state.fetched_batch(config.batch_rows):
-        tables = flatten(batch)
         parts = [
             sink.write_part(config.out_dir, table, config.snapshot_date, frame)
-            for table, frame in tables.items()
+            for table, frame in flatten(batch).by_table()
             if frame.height
         ]
         crash_point("after_part_rename")
@@ -280,8 +251,7 @@ def _flush(state: State, config: RunConfig, *, everything: bool = False) -> None
 
 def _compact(state: State, config: RunConfig) -> None:
     for table in TABLES:
-        target = COMPACT_TARGET_ROWS[table.name]
-        for group in sink.plan_compaction(state.parts(table.name), target):
+        for group in sink.plan_compaction(state.parts(table.name), table.compact_rows):
             merged = sink.compact(config.out_dir, table, config.snapshot_date, group)
             state.replace_parts(group, [merged])
             crash_point("after_compact_swap")
@@ -290,8 +260,7 @@ def _compact(state: State, config: RunConfig) -> None:
 
 def _ensure_every_table_has_a_file(state: State, config: RunConfig) -> None:
     """A table with no rows still gets one empty, typed file, so readers' globs always match."""
-    empty = flatten([])
-    for table, frame in empty.items():
+    for table, frame in flatten([]).by_table():
         if not state.parts(table.name):
             part = sink.write_part(config.out_dir, table, config.snapshot_date, frame)
             state.mark_written([], [part])
@@ -308,35 +277,3 @@ def _check_out_dir(out_dir: Path) -> None:
         raise UsageError(f"--out {out_dir} is not writable: {exc.strerror or exc}") from exc
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise UsageError(f"--out {out_dir} is not writable")
-
-
-def _outcome_name(stopped: BaseException | None, interrupted: bool, complete: bool) -> str:
-    if isinstance(stopped, StopRun):
-        return "stopped"
-    if stopped is not None:
-        return "budget"
-    if interrupted:
-        return "interrupted"
-    return "completed" if complete else "incomplete"
-
-
-def _describe_error(error: BaseException | None) -> dict[str, Any] | None:
-    if error is None:
-        return None
-    return {
-        "type": type(error).__name__,
-        "code": getattr(error, "code", None),
-        "message": str(error),
-    }
-
-
-def _str_keys(mapping: dict[int, int]) -> dict[str, int]:
-    return {str(key): value for key, value in sorted(mapping.items())}
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _iso(moment: dt.datetime) -> str:
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

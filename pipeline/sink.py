@@ -34,7 +34,6 @@ import secrets
 import shutil
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -42,10 +41,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import TOOL_VERSION
 from pipeline.crashpoints import crash_point
 from pipeline.errors import StorageError
 from pipeline.records import Failure, Part
-from pipeline.schema import FAILURE_COLUMNS, TABLES, Table
+from pipeline.schema import FAILURE_COLUMNS, TABLES, TABLES_BY_NAME, Table
+from pipeline.timestamps import iso_utc, utcnow
 
 # mimalloc, pyarrow's default pool, keeps what compaction reads (one part at a time) instead of
 # giving it back: RSS grew with the number of parts merged (367 MB after 20 parts of 5,000
@@ -64,35 +65,10 @@ MANIFEST_VERSION: Final = 1
 _FORMULA_PREFIXES: Final = ("=", "+", "-", "@", "\t", "\r")
 _RUN_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _WRITE_BUFFER: Final = 1 << 20
-_TABLE_NAMES: Final = frozenset(t.name for t in TABLES)
-# A dictionary of values that never repeat costs time (writing 20,000 profiles took about 10%
-# longer) and no space; the other columns (types, places, tag names) repeat and keep theirs.
-_UNIQUE_PER_ROW: Final = {
-    "profiles": frozenset(
-        {
-            "user_id",
-            "red_id",
-            "nickname",
-            "description",
-            "avatar_url",
-            "share_link",
-            "request_id",
-            "raw_json",
-        }
-    )
-}
-
 # Part names: a token per process plus a counter, so two processes (a crashed run and its
 # resume) never pick the same name, and names sort in the order they were written.
 _PART_TOKEN: Final = secrets.token_hex(4)
 _part_seq = itertools.count(1)
-
-
-def tool_version() -> str:
-    try:
-        return metadata.version("xhs-profiles")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def partition_dir(out_dir: Path, table: str, snapshot_date: dt.date) -> Path:
@@ -133,8 +109,7 @@ def write_part(out_dir: Path, table: Table, snapshot_date: dt.date, frame: pl.Da
 
 
 def _parquet_options(table: Table) -> dict[str, Any]:
-    """zstd and statistics everywhere; dictionary pages except on columns unique per row."""
-    plain = _UNIQUE_PER_ROW.get(table.name, frozenset())
+    """zstd and statistics everywhere; dictionary pages where the schema asks for them."""
     return {
         "compression": "zstd",
         "write_statistics": True,
@@ -142,7 +117,7 @@ def _parquet_options(table: Table) -> dict[str, Any]:
         "use_dictionary": [
             f"{c.name}.list.element" if isinstance(c.dtype, pl.List) else c.name
             for c in table.columns
-            if c.name not in plain
+            if c.dictionary
         ],
     }
 
@@ -297,7 +272,7 @@ def write_failures(
                 "" if failure.code is None else str(failure.code),
                 _csv_cell(_as_text(failure.message)),
                 str(failure.attempts),
-                "" if failure.last_attempt_at is None else _iso(failure.last_attempt_at),
+                "" if failure.last_attempt_at is None else iso_utc(failure.last_attempt_at),
             )
             lines.append(",".join(cells))
             rows += 1
@@ -325,12 +300,6 @@ def _as_text(cell: str) -> str:
     return f"'{cell}" if cell.startswith(_FORMULA_PREFIXES) else cell
 
 
-def _iso(moment: dt.datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def write_manifest(
     out_dir: Path,
     snapshot_date: dt.date,
@@ -339,7 +308,7 @@ def write_manifest(
     summary: Mapping[str, object],
 ) -> Path:
     """Write the manifest (the files that make the snapshot), then the ``_SUCCESS`` markers."""
-    unknown = sorted({p.table for p in parts} - _TABLE_NAMES)
+    unknown = sorted({p.table for p in parts} - TABLES_BY_NAME.keys())
     if unknown:
         raise ValueError(f"parts of unknown tables: {', '.join(unknown)}")
     tables = {
@@ -353,9 +322,9 @@ def write_manifest(
     payload: dict[str, object] = {
         "manifest_version": MANIFEST_VERSION,
         "snapshot_date": snapshot_date.isoformat(),
-        "created_at": _iso(dt.datetime.now(dt.UTC)),
+        "created_at": iso_utc(utcnow()),
         "tool": "xhs-profiles",
-        "tool_version": tool_version(),
+        "tool_version": TOOL_VERSION,
         "tables": tables,
         "rows": {t.name: sum(p.rows for p in parts if p.table == t.name) for t in TABLES},
         "failures": {
@@ -401,7 +370,7 @@ def write_run_summary(out_dir: Path, run_id: str, summary: Mapping[str, object])
         except ValueError:
             started = None
     if not isinstance(started, dt.datetime):
-        started = dt.datetime.now(dt.UTC)
+        started = utcnow()
     if started.tzinfo is None:
         started = started.replace(tzinfo=dt.UTC)
     stamp = started.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -417,7 +386,7 @@ def write_json_atomic(path: Path, payload: Mapping[str, object], tmp_dir: Path) 
 
 def _json_value(value: object) -> object:
     if isinstance(value, dt.datetime):
-        return _iso(value)
+        return iso_utc(value)
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, Path):

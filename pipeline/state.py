@@ -25,17 +25,16 @@ import errno
 import fcntl
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from importlib import metadata
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
+from pipeline.config import TOOL_VERSION
 from pipeline.errors import (
     CODE_INVALID_INPUT,
     CODE_NO_RESPONSE,
@@ -45,6 +44,7 @@ from pipeline.errors import (
     StorageError,
 )
 from pipeline.records import Failure, FetchedProfile, InputRow, Part
+from pipeline.timestamps import from_epoch_us, to_epoch_us, utcnow
 
 SCHEMA_VERSION: Final = 1
 STATE_DIR: Final = "_state"
@@ -53,7 +53,6 @@ INGEST_CHUNK: Final = 20_000
 MAX_MESSAGE_CHARS: Final = 2_000  # a hostile body's message must not bloat the state
 BUSY_TIMEOUT_MS: Final = 10_000
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EXPECTED_TABLES: Final = ("ids", "meta", "parts", "rejects", "responses")
 
 _STATUS_INDEX: Final = "CREATE INDEX ids_status ON ids (status, user_id)"
@@ -114,25 +113,8 @@ class IngestReport:
     new: int  # ids added to the state by this ingest (already known ones keep their status)
 
 
-def tool_version() -> str:
-    try:
-        return metadata.version("xhs-profiles")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
 def _now_us() -> int:
     return time.time_ns() // 1_000
-
-
-def _to_us(moment: dt.datetime) -> int:
-    if moment.tzinfo is None:  # records promise aware UTC; a naive value is taken as UTC
-        moment = moment.replace(tzinfo=dt.UTC)
-    return (moment - _EPOCH) // dt.timedelta(microseconds=1)
-
-
-def _from_us(value: int | None) -> dt.datetime | None:
-    return None if value is None else _EPOCH + dt.timedelta(microseconds=value)
 
 
 class State:
@@ -145,8 +127,6 @@ class State:
         self._out_dir = out_dir
         self._conn = conn
         self._lock_fd: int | None = lock_fd
-        # The runner may call from a worker thread; one connection, used one call at a time.
-        self._mutex = threading.RLock()
 
     # ---------------------------------------------------------------- opening and closing
 
@@ -164,12 +144,11 @@ class State:
         return cls(path, out_dir, conn, lock_fd)
 
     def close(self) -> None:
-        with self._mutex:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-            if self._lock_fd is not None:
-                _release_lock(self._lock_fd)
-                self._lock_fd = None
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+        if self._lock_fd is not None:
+            _release_lock(self._lock_fd)
+            self._lock_fd = None
 
     def __enter__(self) -> Self:
         return self
@@ -186,12 +165,11 @@ class State:
 
     @contextlib.contextmanager
     def _sql(self, doing: str) -> Iterator[sqlite3.Connection]:
-        """Hold the connection for one call; turn sqlite3 errors into the project's errors."""
-        with self._mutex:
-            try:
-                yield self._conn
-            except sqlite3.Error as exc:
-                raise _translate(exc, self.path, doing) from exc
+        """The connection for one call; sqlite3 errors leave as the project's errors."""
+        try:
+            yield self._conn
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path, doing) from exc
 
     @contextlib.contextmanager
     def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
@@ -212,10 +190,6 @@ class State:
         with self._sql("reading meta") as conn:
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self._sql("writing meta") as conn:
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def input_fingerprint(self) -> str | None:
         return self.meta("input_fingerprint")
@@ -325,7 +299,7 @@ class State:
 
     def record_success(self, profile: FetchedProfile, attempts: int) -> None:
         """Store the body and mark the id fetched; committed before this returns."""
-        fetched_us = _to_us(profile.fetched_at)
+        fetched_us = to_epoch_us(profile.fetched_at)
         with self._transaction("storing a fetched profile") as conn:
             changed = conn.execute(
                 "INSERT INTO ids (user_id, status, attempts, code, message, retryable, "
@@ -395,7 +369,7 @@ class State:
                 (limit,),
             ).fetchall()
         return [
-            FetchedProfile(user_id, bytes(data), request_id, _EPOCH + dt.timedelta(microseconds=at))
+            FetchedProfile(user_id, bytes(data), request_id, from_epoch_us(at))
             for user_id, data, request_id, at in rows
         ]
 
@@ -449,9 +423,10 @@ class State:
                 if not rows:
                     return
                 for user_id, code, message, attempts, last_at, _line in rows:
-                    yield Failure(user_id, code, message or "", attempts, _from_us(last_at))
+                    last = None if last_at is None else from_epoch_us(last_at)
+                    yield Failure(user_id, code, message or "", attempts, last)
         finally:
-            with self._mutex, contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error):
                 cursor.close()
 
     def counts(self) -> dict[str, int]:
@@ -533,9 +508,7 @@ def _release_lock(fd: int) -> None:
 def _connect(path: Path) -> sqlite3.Connection:
     _refuse_foreign_file(path)
     try:
-        conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-        )
+        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     except sqlite3.Error as exc:
         raise _translate(exc, path, "opening") from exc
     try:
@@ -600,7 +573,7 @@ def _prepare_schema(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('migrated_by', ?)",
-                (tool_version(),),
+                (TOOL_VERSION,),
             )
             conn.execute("COMMIT")
         except BaseException:
@@ -619,8 +592,8 @@ def _create(conn: sqlite3.Connection) -> None:
         conn.executemany(
             "INSERT INTO meta (key, value) VALUES (?, ?)",
             [
-                ("tool_version", tool_version()),
-                ("created_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds")),
+                ("tool_version", TOOL_VERSION),
+                ("created_at", utcnow().isoformat(timespec="seconds")),
             ],
         )
         conn.execute("COMMIT")

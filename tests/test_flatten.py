@@ -43,12 +43,12 @@ def raw_profile(data: bytes, user_id: str = USER_ID) -> FetchedProfile:
 
 
 def only_row(tables: Tables) -> dict[str, Any]:
-    assert tables.profiles.height == 1
-    return tables.profiles.row(0, named=True)
+    assert tables["profiles"].height == 1
+    return tables["profiles"].row(0, named=True)
 
 
 def assert_declared_schemas(tables: Tables) -> None:
-    for table, frame in tables.items():
+    for table, frame in tables.by_table():
         assert frame.schema == table.schema, table.name
         assert pl.Null() not in frame.schema.dtypes(), table.name
 
@@ -160,8 +160,8 @@ def test_golden_tags_and_interactions_tables_are_complete(
     interactions: list[tuple[object, ...]],
 ) -> None:
     tables = flatten([profile(golden_data(name), user_id=user_id)])
-    assert tables.profile_tags.rows() == tags
-    assert tables.profile_interactions.rows() == interactions
+    assert tables["profile_tags"].rows() == tags
+    assert tables["profile_interactions"].rows() == interactions
     assert_declared_schemas(tables)
 
 
@@ -176,7 +176,7 @@ def test_raw_json_round_trips_to_the_same_data(name: str) -> None:
 def test_golden_samples_meet_the_documented_data_quality_facts(name: str) -> None:
     tables = flatten([profile(golden_data(name))])
     row = only_row(tables)
-    counts = dict(tables.profile_interactions.select("type", "count").iter_rows())
+    counts = dict(tables["profile_interactions"].select("type", "count").iter_rows())
     assert counts["interaction"] == row["liked"] + row["collected"]
     assert counts["fans"] == row["fans"]
     assert counts["follows"] == row["follows"]
@@ -187,19 +187,20 @@ def test_golden_samples_meet_the_documented_data_quality_facts(name: str) -> Non
 
 def test_user_id_is_the_requested_id_not_data_userid() -> None:
     tables = flatten([profile(golden_data(SEED), user_id="0123456789abcdef01234567")])
-    assert tables.profiles["user_id"].to_list() == ["0123456789abcdef01234567"]
-    assert set(tables.profile_tags["user_id"]) == {"0123456789abcdef01234567"}
-    assert set(tables.profile_interactions["user_id"]) == {"0123456789abcdef01234567"}
+    assert tables["profiles"]["user_id"].to_list() == ["0123456789abcdef01234567"]
+    assert set(tables["profile_tags"]["user_id"]) == {"0123456789abcdef01234567"}
+    assert set(tables["profile_interactions"]["user_id"]) == {"0123456789abcdef01234567"}
 
 
 def test_rows_keep_input_order_and_each_profile_its_own_tags() -> None:
     seed, v3 = golden_data(SEED), golden_data(V3_EXAMPLE)
     tables = flatten([profile(seed, "a" * 24), profile(v3, "b" * 24), profile(seed, "c" * 24)])
-    assert tables.profiles["user_id"].to_list() == ["a" * 24, "b" * 24, "c" * 24]
-    assert tables.profiles["fans"].to_list() == [8456, 21263, 8456]
-    assert tables.profile_tags["user_id"].to_list() == ["a" * 24] * 4 + ["b" * 24] + ["c" * 24] * 4
-    assert tables.profile_tags["position"].to_list() == [0, 1, 2, 3, 0, 0, 1, 2, 3]
-    assert tables.profile_interactions["user_id"].to_list() == [u * 24 for u in "aaabbbccc"]
+    assert tables["profiles"]["user_id"].to_list() == ["a" * 24, "b" * 24, "c" * 24]
+    assert tables["profiles"]["fans"].to_list() == [8456, 21263, 8456]
+    tag_owners = tables["profile_tags"]["user_id"].to_list()
+    assert tag_owners == ["a" * 24] * 4 + ["b" * 24] + ["c" * 24] * 4
+    assert tables["profile_tags"]["position"].to_list() == [0, 1, 2, 3, 0, 0, 1, 2, 3]
+    assert tables["profile_interactions"]["user_id"].to_list() == [u * 24 for u in "aaabbbccc"]
 
 
 def test_fetched_at_is_utc_to_the_microsecond_and_request_id_may_be_null() -> None:
@@ -295,26 +296,26 @@ def test_parse_count_rejects_anything_else(value: object) -> None:
 def test_empty_input_gives_empty_frames_with_the_declared_schemas() -> None:
     tables = flatten([])
     assert_declared_schemas(tables)
-    assert [frame.height for _, frame in tables.items()] == [0, 0, 0]
+    assert [frame.height for _, frame in tables.by_table()] == [0, 0, 0]
 
 
-def test_items_yields_each_declared_table_with_its_frame_in_order() -> None:
+def test_by_table_yields_each_declared_table_with_its_frame_in_order() -> None:
     tables = flatten([profile(golden_data(SEED))])
-    assert [(table, frame) for table, frame in tables.items()] == [
-        (PROFILES, tables.profiles),
-        (PROFILE_TAGS, tables.profile_tags),
-        (PROFILE_INTERACTIONS, tables.profile_interactions),
+    assert [(table, frame) for table, frame in tables.by_table()] == [
+        (PROFILES, tables["profiles"]),
+        (PROFILE_TAGS, tables["profile_tags"]),
+        (PROFILE_INTERACTIONS, tables["profile_interactions"]),
     ]
-    assert [table for table, _ in tables.items()] == list(TABLES)
+    assert [table for table, _ in tables.by_table()] == list(TABLES)
 
 
 @pytest.mark.parametrize("data", [b"null", b"{}", b'{"tags":[],"interactions":[]}'])
 def test_all_null_batch_keeps_the_declared_schemas(data: bytes) -> None:
     tables = flatten([raw_profile(data), raw_profile(data, user_id="f" * 24)])
     assert_declared_schemas(tables)
-    assert tables.profiles.height == 2
-    assert tables.profiles["nickname"].to_list() == [None, None]
-    assert tables.profiles["user_id"].to_list() == [USER_ID, "f" * 24]
+    assert tables["profiles"].height == 2
+    assert tables["profiles"]["nickname"].to_list() == [None, None]
+    assert tables["profiles"]["user_id"].to_list() == [USER_ID, "f" * 24]
 
 
 def test_column_null_in_every_row_keeps_its_declared_type() -> None:
@@ -325,11 +326,11 @@ def test_column_null_in_every_row_keeps_its_declared_type() -> None:
     tables = flatten([profile(data, user_id=f"{i:024x}") for i in range(3)])
     assert_declared_schemas(tables)
     for column in ("nickname", "level", "red_official_verified", "location_tag", "fans"):
-        assert tables.profiles[column].null_count() == 3, column
-    assert tables.profiles["profession_tags"].to_list() == [[], [], []]
-    assert tables.profile_interactions["count"].null_count() == 6
-    assert tables.profile_interactions["is_private"].null_count() == 6
-    assert tables.profile_interactions["toast"].null_count() == 6
+        assert tables["profiles"][column].null_count() == 3, column
+    assert tables["profiles"]["profession_tags"].to_list() == [[], [], []]
+    assert tables["profile_interactions"]["count"].null_count() == 6
+    assert tables["profile_interactions"]["is_private"].null_count() == 6
+    assert tables["profile_interactions"]["toast"].null_count() == 6
 
 
 # --- hostile and wrong-typed input ----------------------------------------------------------
@@ -359,29 +360,29 @@ def unreadable_row(user_id: str, raw_json: str) -> dict[str, Any]:
 def test_data_that_is_not_an_object_gives_a_row_with_only_the_record_fields(data: bytes) -> None:
     tables = flatten([raw_profile(data)])
     assert only_row(tables) == unreadable_row(USER_ID, data.decode())
-    assert tables.profile_tags.height == 0
-    assert tables.profile_interactions.height == 0
+    assert tables["profile_tags"].height == 0
+    assert tables["profile_interactions"].height == 0
     assert_declared_schemas(tables)
 
 
 def test_invalid_utf8_gives_a_row_and_raw_json_with_replacement_characters() -> None:
     data = b'{"nickname": "\xff\xfe"}'
     tables = flatten([raw_profile(data), profile(golden_data(SEED), user_id="b" * 24)])
-    assert tables.profiles.row(0, named=True) == unreadable_row(
+    assert tables["profiles"].row(0, named=True) == unreadable_row(
         USER_ID, '{"nickname": "\ufffd\ufffd"}'
     )
-    assert tables.profiles["raw_json"][1] == profile(golden_data(SEED)).data.decode()
-    assert tables.profiles["fans"].to_list() == [None, 8456]
+    assert tables["profiles"]["raw_json"][1] == profile(golden_data(SEED)).data.decode()
+    assert tables["profiles"]["fans"].to_list() == [None, 8456]
 
 
 def test_invalid_utf8_in_a_field_no_table_uses_still_makes_the_profile_unreadable() -> None:
     """The typed reader skips that text unchecked; flatten must not let it through."""
     data = b'{"nickname": "ok", "fans": 3, "extra": "\xff"}'
     tables = flatten([raw_profile(data), profile(golden_data(SEED), user_id="b" * 24)])
-    assert tables.profiles.row(0, named=True) == unreadable_row(
+    assert tables["profiles"].row(0, named=True) == unreadable_row(
         USER_ID, '{"nickname": "ok", "fans": 3, "extra": "\ufffd"}'
     )
-    assert tables.profiles["fans"].to_list() == [None, 8456]
+    assert tables["profiles"]["fans"].to_list() == [None, 8456]
 
 
 def test_fans_as_text_falls_back_to_the_interactions_entry() -> None:
@@ -400,14 +401,14 @@ def test_unusable_counts_without_an_interactions_entry_are_null() -> None:
         None,
         26386,
     )
-    assert tables.profile_interactions.height == 0
+    assert tables["profile_interactions"].height == 0
 
 
 def test_tags_as_object_gives_no_tags() -> None:
     tables = flatten([profile(golden_data(SEED) | {"tags": {}})])
     row = only_row(tables)
     assert (row["profession_tags"], row["location_tag"]) == ([], None)
-    assert tables.profile_tags.height == 0
+    assert tables["profile_tags"].height == 0
     assert_declared_schemas(tables)
 
 
@@ -426,7 +427,7 @@ def test_non_object_entries_are_skipped_but_positions_stay_those_of_the_list() -
         "interactions": [[], {"type": "fans", "count": "1.2万", "is_private": "true"}, 3],
     }
     tables = flatten([profile(data)])
-    assert tables.profile_tags.rows() == [
+    assert tables["profile_tags"].rows() == [
         (USER_ID, 1, "profession", "A", None),
         (USER_ID, 3, "profession", None, None),
         (USER_ID, 4, "location", "7", None),
@@ -434,7 +435,7 @@ def test_non_object_entries_are_skipped_but_positions_stay_those_of_the_list() -
         (USER_ID, 6, None, "C", None),
         (USER_ID, 7, "location", "D", None),
     ]
-    assert tables.profile_interactions.rows() == [
+    assert tables["profile_interactions"].rows() == [
         (USER_ID, "fans", None, 12000, "1.2万", True, None),
     ]
     row = only_row(tables)
@@ -453,13 +454,13 @@ def test_interactions_are_looked_up_by_type_not_position() -> None:
     tables = flatten([profile(data)])
     row = only_row(tables)
     assert (row["follows"], row["fans"]) == (7, 32400)
-    assert tables.profile_interactions["count_text"].to_list() == ["10", "32.4K", "7", "1"]
+    assert tables["profile_interactions"]["count_text"].to_list() == ["10", "32.4K", "7", "1"]
 
 
 def test_private_lists_keep_their_count_and_toast() -> None:
     entry = {"type": "fans", "name": "粉丝", "count": 21263, "is_private": True, "toast": "hidden"}
     tables = flatten([profile({"interactions": [entry]})])
-    assert tables.profile_interactions.rows() == [
+    assert tables["profile_interactions"].rows() == [
         (USER_ID, "fans", "粉丝", 21263, "21263", True, "hidden"),
     ]
     assert only_row(tables)["fans"] == 21263
@@ -467,7 +468,7 @@ def test_private_lists_keep_their_count_and_toast() -> None:
 
 def test_interaction_without_count_has_null_count_and_count_text() -> None:
     tables = flatten([profile({"interactions": [{"type": "fans", "count": None}, {}]})])
-    assert tables.profile_interactions.rows() == [
+    assert tables["profile_interactions"].rows() == [
         (USER_ID, "fans", None, None, None, None, None),
         (USER_ID, None, None, None, None, None, None),
     ]
@@ -488,7 +489,7 @@ def test_five_thousand_digit_integers_do_not_raise_and_become_null() -> None:
         None,
         None,
     )
-    assert tables.profile_interactions.rows() == [
+    assert tables["profile_interactions"].rows() == [
         (USER_ID, "follows", None, None, digits.decode(), None, None)
     ]
     assert row["raw_json"] == data.decode()
@@ -518,7 +519,7 @@ def test_numbers_orjson_cannot_or_int64_does_not_hold(literal: bytes, expected: 
 def test_counts_beyond_int64_are_null_but_their_text_keeps_every_digit(digits: str) -> None:
     data = f'{{"interactions":[{{"type":"fans","count":{digits}}}],"red_id":{digits}}}'
     tables = flatten([raw_profile(data.encode())])
-    assert tables.profile_interactions.select("count", "count_text").row(0) == (None, digits)
+    assert tables["profile_interactions"].select("count", "count_text").row(0) == (None, digits)
     assert only_row(tables)["red_id"] == digits
 
 
@@ -546,10 +547,10 @@ def test_large_batches_keep_every_row_aligned_across_internal_chunks() -> None:
     batch = [profile(shapes[i % 4], user_id=f"{i:024x}") for i in range(1000)]
     tables = flatten(batch)
     assert_declared_schemas(tables)
-    assert tables.profiles["user_id"].to_list() == [f"{i:024x}" for i in range(1000)]
-    assert tables.profiles["fans"].to_list() == [8456, 21263, None, None] * 250
+    assert tables["profiles"]["user_id"].to_list() == [f"{i:024x}" for i in range(1000)]
+    assert tables["profiles"]["fans"].to_list() == [8456, 21263, None, None] * 250
     assert (
-        tables.profiles["profession_tags"].to_list()
+        tables["profiles"]["profession_tags"].to_list()
         == [
             ["家居博主", "母婴博主"],
             [],
@@ -558,15 +559,15 @@ def test_large_batches_keep_every_row_aligned_across_internal_chunks() -> None:
         ]
         * 250
     )
-    assert tables.profiles["raw_json"].to_list() == [p.data.decode() for p in batch]
-    tags = tables.profile_tags.group_by("user_id", maintain_order=True).len()
+    assert tables["profiles"]["raw_json"].to_list() == [p.data.decode() for p in batch]
+    tags = tables["profile_tags"].group_by("user_id", maintain_order=True).len()
     assert tags.rows() == [(f"{i:024x}", 4 if i % 4 == 0 else 1) for i in range(1000) if i % 4 < 2]
-    interactions = tables.profile_interactions.group_by("user_id", maintain_order=True).len()
+    interactions = tables["profile_interactions"].group_by("user_id", maintain_order=True).len()
     assert interactions.rows() == [
         (f"{i:024x}", 3 if i % 4 < 2 else 1) for i in range(1000) if i % 4 != 2
     ]
     assert (
-        tables.profile_interactions.filter(pl.col("type") == "interaction")["count"].to_list()
+        tables["profile_interactions"].filter(pl.col("type") == "interaction")["count"].to_list()
         == [
             75707,
             81172,
@@ -591,7 +592,7 @@ def test_nesting_within_orjson_limit_inside_a_known_key_is_ignored() -> None:
     data = b'{"nickname":"x","tags":' + b"[" * 500 + b"]" * 500 + b"}"
     tables = flatten([raw_profile(data)])
     assert only_row(tables)["nickname"] == "x"
-    assert tables.profile_tags.height == 0
+    assert tables["profile_tags"].height == 0
 
 
 def test_level_must_be_an_object_and_note_num_stat_an_object() -> None:
@@ -714,15 +715,15 @@ def test_any_profile_shape_flattens_with_declared_schemas(batch: Sequence[object
     ]
     tables = flatten(fetched)
     assert_declared_schemas(tables)
-    assert tables.profiles["user_id"].to_list() == user_ids
-    assert tables.profiles["raw_json"].to_list() == [f.data.decode() for f in fetched]
+    assert tables["profiles"]["user_id"].to_list() == user_ids
+    assert tables["profiles"]["raw_json"].to_list() == [f.data.decode() for f in fetched]
     expected_tags = [
         (uid, i) for uid, d in zip(user_ids, batch, strict=True) for i in object_entries(d, "tags")
     ]
-    assert tables.profile_tags.select("user_id", "position").rows() == expected_tags
+    assert tables["profile_tags"].select("user_id", "position").rows() == expected_tags
     expected_interactions = [
         uid
         for uid, d in zip(user_ids, batch, strict=True)
         for _ in object_entries(d, "interactions")
     ]
-    assert tables.profile_interactions["user_id"].to_list() == expected_interactions
+    assert tables["profile_interactions"]["user_id"].to_list() == expected_interactions

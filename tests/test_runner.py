@@ -30,7 +30,6 @@ def config_for(base_url: str, ids_csv: Path, out: Path, **overrides: Any) -> Run
         "concurrency": 8,
         "max_attempts": 3,
         "timeout": 5.0,
-        "progress": False,
     }
     options.update(overrides)
     return RunConfig(**options)
@@ -66,8 +65,9 @@ def test_a_full_run_puts_every_valid_id_in_exactly_one_place(sandbox, tmp_path: 
     assert [(f["user_id"], f["code"]) for f in failures] == [("not-an-id", "400")]
     stats = api.stats()
     assert all(stats.successes_by_id[i] == 1 for i in ids)  # nobody paid for twice
-    assert report.summary["snapshot"]["written"] == 120
-    assert report.summary["input"]["duplicates"] == 11
+    assert report.snapshot.written == 120
+    assert report.input.counts is not None
+    assert report.input.counts.duplicates == 11
 
 
 def test_a_rerun_of_a_completed_snapshot_makes_no_call(sandbox, tmp_path: Path) -> None:
@@ -79,7 +79,7 @@ def test_a_rerun_of_a_completed_snapshot_makes_no_call(sandbox, tmp_path: Path) 
     files_before = sorted(p.name for p in (out / "profiles").rglob("*.parquet"))
     report = runner.run(config_for(api.base_url, csv_path, out))
     assert api.stats().calls == calls_before
-    assert report.summary["requests"]["calls"] == 0
+    assert report.requests.calls == 0
     assert sorted(p.name for p in (out / "profiles").rglob("*.parquet")) == files_before
     assert read_table(out, "profiles").height == 30
 
@@ -96,7 +96,7 @@ def test_retryable_failures_are_tried_again_on_rerun_and_failures_csv_is_rewritt
     rows = read_failures(out, SNAPSHOT)
     assert [(r["user_id"], r["code"], r["attempts"]) for r in rows] == [(flaky, "500", "3")]
     second = runner.run(config_for(api.base_url, csv_path, out, max_attempts=3))
-    assert second.summary["requests"]["calls"] == 1
+    assert second.requests.calls == 1
     assert read_failures(out, SNAPSHOT) == []
     assert set(read_table(out, "profiles")["user_id"]) == {flaky, make_id(2)}
 
@@ -180,7 +180,7 @@ def test_account_level_codes_stop_the_run_and_keep_progress(
     assert not report.complete
     assert api.stats().calls == 21  # concurrency 1: nothing after the refusal
     done = set(read_table(out, "profiles")["user_id"])
-    assert len(done) == report.summary["snapshot"]["written"] == 20
+    assert len(done) == report.snapshot.written == 20
     assert not (out / "profiles" / f"dt={SNAPSHOT}" / "_SUCCESS").exists()
     # The next run resumes with the rest and pays for nothing twice.
     resumed = runner.run(config_for(api.base_url, csv_path, out))
@@ -208,7 +208,7 @@ def test_max_calls_stops_cleanly_and_the_rerun_goes_on(sandbox, tmp_path: Path) 
     report = runner.run(config_for(api.base_url, csv_path, out, max_calls=10))
     assert isinstance(report.stopped_by, CallBudgetExhausted)
     assert api.stats().calls == 10
-    assert report.summary["snapshot"]["pending"] == 15
+    assert report.snapshot.pending == 15
     runner.run(config_for(api.base_url, csv_path, out))
     assert api.stats().calls == 25
 
@@ -219,7 +219,7 @@ def test_dry_run_counts_the_calls_a_run_would_make_and_makes_none(sandbox, tmp_p
     csv_path = write_ids(tmp_path / "ids.csv", ids + ids[:4] + ["bad"])
     out = tmp_path / "out"
     report = runner.run(config_for(api.base_url, csv_path, out, dry_run=True))
-    assert report.summary["calls_planned"] == 12
+    assert report.calls_planned == 12
     assert api.stats().calls == 0
 
 
@@ -249,7 +249,7 @@ def test_a_completed_snapshot_has_a_manifest_success_markers_and_a_run_summary(
         assert (out / table / f"dt={SNAPSHOT}" / "_SUCCESS").exists()
     [summary_file] = (out / "_runs").glob("*.json")
     summary = json.loads(summary_file.read_text())
-    assert summary["run_id"] == report.summary["run_id"]
+    assert summary["run_id"] == report.run_id
     assert summary["outcome"] == "completed"
     assert summary["requests"]["calls"] == 8
 
@@ -284,9 +284,6 @@ def test_dry_run_counts_retryable_failures_without_changing_the_snapshot(
     runner.run(config_for(api.base_url, csv_path, out, max_attempts=2))
     failures_before = read_failures(out, SNAPSHOT)
     report = runner.run(config_for(api.base_url, csv_path, out, dry_run=True))
-    assert report.summary["calls_planned"] == 1
+    assert report.calls_planned == 1
     assert read_failures(out, SNAPSHOT) == failures_before
-    assert (
-        runner.run(config_for(api.base_url, csv_path, out, dry_run=True)).summary["calls_planned"]
-        == 1
-    )
+    assert runner.run(config_for(api.base_url, csv_path, out, dry_run=True)).calls_planned == 1

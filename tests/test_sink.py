@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import sink
+from pipeline.config import TOOL_VERSION
 from pipeline.errors import StorageError
 from pipeline.records import Failure, Part
 from pipeline.schema import PROFILE_INTERACTIONS, PROFILE_TAGS, PROFILES, TABLES
@@ -349,7 +350,7 @@ def test_manifest_lists_the_snapshot_then_success_markers_appear(tmp_path: Path)
         "manifest_version": 1,
         "snapshot_date": "2026-01-02",
         "tool": "xhs-profiles",
-        "tool_version": sink.tool_version(),
+        "tool_version": TOOL_VERSION,
         "tables": {
             "profiles": [
                 {"path": "profiles/dt=2026-01-02/part-a.parquet", "rows": 3},

@@ -64,13 +64,8 @@ mode               answer
 ``{user_id: [modes]}``, so a test can drive a sandbox running in another process.
 """
 
-from pipeline.sandbox.config import (
-    SandboxConfig,
-    SandboxListenError,
-    SandboxOptionError,
-    SandboxStats,
-    parse_mode,
-)
+from pipeline.errors import SandboxListenError, SandboxOptionError
+from pipeline.sandbox.config import SandboxConfig, SandboxStats, parse_mode
 from pipeline.sandbox.profiles import TOAST_FANS, TOAST_FOLLOWS, build_profile, display_count
 from pipeline.sandbox.server import Sandbox, make_app, serve
 

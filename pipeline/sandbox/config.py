@@ -10,7 +10,7 @@ from typing import Any, Final
 
 import orjson
 
-from pipeline.errors import UsageError
+from pipeline.errors import SandboxOptionError
 
 API_PATH: Final = "/api/xiaohongshu/get-user/{version}"
 VERSIONS: Final = frozenset({"v3", "v4"})
@@ -28,14 +28,6 @@ MESSAGES: Final = {
     600: "permission denied",
     601: "insufficient balance",
 }
-
-
-class SandboxOptionError(UsageError, ValueError):
-    """A sandbox option is malformed (a ValueError too, for callers that catch that)."""
-
-
-class SandboxListenError(UsageError, OSError):
-    """The sandbox cannot listen on the requested address (an OSError too)."""
 
 
 # --- modes -------------------------------------------------------------------------------------

@@ -18,14 +18,13 @@ from urllib.parse import unquote
 import orjson
 from aiohttp import web
 
+from pipeline.errors import SandboxListenError, SandboxOptionError
 from pipeline.sandbox.config import (
     API_PATH,
     MESSAGES,
     VERSIONS,
     Mode,
     SandboxConfig,
-    SandboxListenError,
-    SandboxOptionError,
     SandboxStats,
     parse_mode,
 )
@@ -321,7 +320,7 @@ async def _listen(app: web.Application, host: str, port: int) -> tuple[web.AppRu
     except OSError as exc:
         await runner.cleanup()
         reason = f"{exc.strerror or exc}; choose another port"
-        raise SandboxListenError(exc.errno or 0, reason) from exc
+        raise SandboxListenError(exc.errno or 0, reason, address=f"{host}:{port}") from exc
     bound_host, bound_port = runner.addresses[0][:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     return runner, f"http://{shown}:{bound_port}"

@@ -1,0 +1,220 @@
+"""What one run did, as a frozen typed record: the CLI's closing lines and ``_runs/*.json`` (and
+the manifest's ``summary``) are both rendered from it, so they can never disagree.
+
+``RunReport.to_json`` gives the summary file's object, key for key in a fixed order; a reader
+of ``_runs/*.json`` relies on those names, so they are a public contract like the columns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import RunConfig
+from pipeline.errors import StopRun
+from pipeline.records import Tally
+from pipeline.timestamps import iso_utc
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"  # every valid id is in the profiles table or in failures.csv
+    INCOMPLETE = "incomplete"  # ids still pending (e.g. a disk error ended the run)
+    STOPPED = "stopped"  # the API refused the account, or the endpoint is gone
+    BUDGET = "budget"  # --max-calls reached
+    INTERRUPTED = "interrupted"  # SIGINT/SIGTERM
+    DRY_RUN = "dry_run"  # nothing was called
+
+
+@dataclass(frozen=True, slots=True)
+class InputSummary:
+    """The input file, and what its ingest added (``counts`` is None when it was already in)."""
+
+    path: str
+    encoding: str
+    column: str | None
+    sha256: str
+    counts: IngestCounts | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "path": self.path,
+            "encoding": self.encoding,
+            "column": self.column,
+            "sha256": self.sha256,
+            "ingested": self.counts is not None,
+        }
+        if self.counts is not None:
+            info.update(self.counts.to_json())
+        return info
+
+
+@dataclass(frozen=True, slots=True)
+class IngestCounts:
+    rows: int  # cells read
+    valid: int  # cells holding a valid id, duplicates included
+    invalid: int  # cells recorded as rejects (code 400)
+    duplicates: int  # valid cells repeating an id seen earlier in the same input
+    new: int  # ids the state did not know
+    blank_cells: int
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "rows": self.rows,
+            "valid": self.valid,
+            "invalid": self.invalid,
+            "duplicates": self.duplicates,
+            "new": self.new,
+            "blank_cells": self.blank_cells,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCounts:
+    """This run's calls (each one billed) and their outcomes."""
+
+    calls: int = 0
+    fetched: int = 0
+    failed: int = 0
+    retried: int = 0
+    rate_limited: int = 0
+
+    @classmethod
+    def of(cls, tally: Tally) -> RequestCounts:
+        return cls(tally.calls, tally.fetched, tally.failed, tally.retried, tally.rate_limited)
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "calls": self.calls,
+            "fetched": self.fetched,
+            "failed": self.failed,
+            "retried": self.retried,
+            "rate_limited": self.rate_limited,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotCounts:
+    """The snapshot's ids by status after the run (all runs of the date, not just this one)."""
+
+    pending: int = 0
+    fetched: int = 0
+    written: int = 0
+    failed: int = 0
+    rejected: int = 0  # input cells that are not ids
+    failures_by_code: Mapping[int, int] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> int:
+        """Rows of failures.csv: failed ids and rejected cells."""
+        return self.failed + self.rejected
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pending": self.pending,
+            "fetched": self.fetched,
+            "written": self.written,
+            "failed": self.failed,
+            "rejected": self.rejected,
+            "failures_by_code": {str(c): n for c, n in sorted(self.failures_by_code.items())},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """One run.  ``stopped_by`` is the stop that ended it early (exit 3 or 4), if any."""
+
+    run_id: str
+    tool_version: str
+    started_at: dt.datetime
+    config: RunConfig
+    input: InputSummary
+    outcome: Outcome
+    complete: bool = False
+    calls_planned: int | None = None  # a dry run's answer
+    requeued_failures: int = 0
+    pending_at_start: int = 0
+    stopped_by: StopRun | None = None
+    interrupted: bool = False
+    requests: RequestCounts = RequestCounts()
+    rate_control: Mapping[str, float | int | None] = field(default_factory=dict)
+    snapshot: SnapshotCounts = SnapshotCounts()
+    files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    failures_file: str = ""  # relative to --out
+    failures_rows: int = 0
+    finished_at: dt.datetime | None = None
+    duration_s: float = 0.0
+
+    @property
+    def snapshot_date(self) -> dt.date:
+        return self.config.snapshot_date
+
+    @property
+    def out(self) -> Path:
+        return self.config.out_dir
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``_runs/<start>-<run id>.json`` object (a dry run writes none)."""
+        config = self.config
+        head: dict[str, Any] = {
+            "run_id": self.run_id,
+            "tool_version": self.tool_version,
+            "started_at": _seconds(self.started_at),
+            "snapshot_date": config.snapshot_date.isoformat(),
+            "out": str(config.out_dir),
+            "input": self.input.to_json(),
+            "api": {"endpoint": config.endpoint_url, "sandbox": config.sandbox},
+            "settings": {
+                "concurrency": config.concurrency,
+                "rate": config.rate,
+                "max_attempts": config.max_attempts,
+                "timeout": config.timeout,
+                "max_calls": config.max_calls,
+                "batch_rows": config.batch_rows,
+            },
+        }
+        if self.outcome is Outcome.DRY_RUN:
+            return {
+                **head,
+                "outcome": str(self.outcome),
+                "calls_planned": self.calls_planned,
+                "complete": False,
+            }
+        return {
+            **head,
+            "requeued_failures": self.requeued_failures,
+            "pending_at_start": self.pending_at_start,
+            "outcome": str(self.outcome),
+            "complete": self.complete,
+            "stopped_by": _describe(self.stopped_by),
+            "requests": self.requests.to_json(),
+            "rate_control": dict(self.rate_control),
+            "snapshot": self.snapshot.to_json(),
+            "files": {name: list(paths) for name, paths in self.files.items()},
+            "failures_file": self.failures_file,
+            "failures_rows": self.failures_rows,
+            "finished_at": _seconds(self.finished_at),
+            "duration_s": self.duration_s,
+        }
+
+
+def outcome_of(stopped_by: StopRun | None, *, interrupted: bool, complete: bool) -> Outcome:
+    if stopped_by is not None:
+        return Outcome(stopped_by.outcome)
+    if interrupted:
+        return Outcome.INTERRUPTED
+    return Outcome.COMPLETED if complete else Outcome.INCOMPLETE
+
+
+def _describe(error: StopRun | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    code = getattr(error, "code", None)
+    return {"type": type(error).__name__, "code": code, "message": str(error)}
+
+
+def _seconds(moment: dt.datetime | None) -> str | None:
+    return None if moment is None else iso_utc(moment, "seconds")
