@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import click
 import httpx
 import pytest
 from click.testing import CliRunner, Result
 
 from pipeline.cli import Seams, cli
+from pipeline.errors import StorageError
 from tests.helpers import make_id, read_table, write_ids
 
 SNAPSHOT = "2026-11-28"
@@ -212,3 +216,84 @@ def test_help_lists_the_exit_codes() -> None:
         "5  output or state could not be written",
     ):
         assert line in result.stdout
+
+
+# --- the one error boundary ------------------------------------------------------------------
+
+
+@pytest.fixture
+def throwaway_command() -> Iterator[Callable[[BaseException], None]]:
+    """Adds ``xhs-profiles boom`` raising the given error; removed again after the test."""
+    raised: list[BaseException] = []
+
+    @click.command("boom")
+    @click.option("--debug", is_flag=True, callback=lambda ctx, _p, v: ctx.meta.update(
+        {"xhs_profiles.debug": v}))  # fmt: skip
+    def boom(debug: bool) -> None:
+        raise raised[0]
+
+    cli.add_command(boom)
+    try:
+        yield raised.append
+    finally:
+        cli.commands.pop("boom")
+
+
+def test_a_new_subcommand_gets_the_storage_error_exit_code_and_message(
+    throwaway_command: Callable[[BaseException], None],
+) -> None:
+    throwaway_command(StorageError("disk full while writing x: free space and rerun"))
+    result = invoke(["boom"])
+    assert result.exit_code == 5
+    assert result.stdout == ""
+    assert result.stderr == "xhs-profiles: disk full while writing x: free space and rerun\n"
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_shows_only_with_debug(
+    throwaway_command: Callable[[BaseException], None],
+) -> None:
+    throwaway_command(RuntimeError("token=abc123 leaked"))
+    plain = invoke(["boom"])
+    assert plain.exit_code == 1
+    assert plain.stderr == (
+        "xhs-profiles: unexpected error: RuntimeError: token=*** leaked "
+        "(rerun with --debug for the traceback)\n"
+    )
+    debug = invoke(["boom", "--debug"])
+    assert debug.exit_code == 1
+    assert debug.stderr.startswith("Traceback (most recent call last):\n")
+    assert "RuntimeError: token=*** leaked" in debug.stderr
+    assert "abc123" not in debug.stderr
+
+
+def test_ctrl_c_in_any_subcommand_exits_130_with_the_resume_hint(
+    throwaway_command: Callable[[BaseException], None],
+) -> None:
+    throwaway_command(KeyboardInterrupt())
+    result = invoke(["boom"])
+    assert result.exit_code == 130
+    assert result.stderr == (
+        "xhs-profiles: interrupted; progress kept, rerun the same command to resume\n"
+    )
+
+
+def test_sandbox_errors_go_through_the_same_boundary() -> None:
+    result = invoke(["sandbox", "--latency", "x"])
+    assert result.exit_code == 2
+    assert result.stderr == "xhs-profiles: sandbox: could not convert string to float: 'x'\n"
+    faults = invoke(["sandbox", "--faults", "301:2"])
+    assert faults.exit_code == 2
+    assert faults.stderr == (
+        "xhs-profiles: sandbox: fault_mix probabilities must be in 0..1 and sum to <= 1\n"
+    )
+
+
+def test_a_taken_port_is_a_one_line_usage_error(sandbox) -> None:
+    port = urlsplit(sandbox().base_url).port
+    result = invoke(["sandbox", "--port", str(port)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"sandbox API on http://127.0.0.1:{port} (token 'sandbox'); Ctrl-C stops it\n"
+        f"xhs-profiles: sandbox: cannot listen on 127.0.0.1:{port}: error while attempting to "
+        f"bind on address ('127.0.0.1', {port}): address already in use; choose another port\n"
+    )

@@ -40,6 +40,8 @@ import pytest
 from pipeline.crashpoints import ENV as CRASH_ENV
 from pipeline.crashpoints import POINTS
 from pipeline.sandbox import Sandbox
+from pipeline.schema import PROFILES
+from pipeline.schema import TABLES as DECLARED_TABLES
 from pipeline.state import State
 from tests.helpers import make_id
 
@@ -48,12 +50,9 @@ SNAPSHOT = "2026-11-28"
 DAY = dt.date.fromisoformat(SNAPSHOT)
 CONCURRENCY = 8
 BATCH_ROWS = 50
-TABLES = ("profiles", "profile_tags", "profile_interactions")
-TABLE_KEYS = {
-    "profiles": ("user_id",),
-    "profile_tags": ("user_id", "position"),
-    "profile_interactions": ("user_id", "type"),
-}
+# From the one declaration, so a new table is checked here without editing this file.
+TABLES = tuple(t.name for t in DECLARED_TABLES)
+TABLE_KEYS = {t.name: t.key for t in DECLARED_TABLES}
 INVALID_CELLS = ("not-an-id", "=HYPERLINK(1)")
 LATENCY = (0.005, 0.02)
 KILLED = -signal.SIGKILL
@@ -238,7 +237,7 @@ def check_complete(data: Dataset, api: Sandbox, *, kills: int = 1) -> None:
         assert duplicated_keys(tables[name], TABLE_KEYS[name]) == [], name
     profile_ids = [uid for t in tables["profiles"] for uid in t["user_id"].to_pylist()]
     assert sorted(profile_ids) == sorted(set(data.ids) - data.doomed)
-    for name in ("profile_tags", "profile_interactions"):
+    for name in (t for t in TABLES if t != PROFILES.name):
         owners = {uid for t in tables[name] for uid in t["user_id"].to_pylist()}
         assert owners <= set(profile_ids), f"{name} rows of ids that are not profiles"
     failures = read_failures(out)
@@ -257,7 +256,7 @@ def check_complete(data: Dataset, api: Sandbox, *, kills: int = 1) -> None:
 
 # ------------------------------------------------------------------------------ crash points
 
-# Each point with the reach that lands it mid-run (300 ids, 50 per part, 3 tables per flush),
+# Each point with the reach that lands it mid-run (300 ids, 50 per part, a part per table a flush),
 # and what the folder must show right after the kill, proving the point is where it claims.
 CRASH_AT = {
     "after_response": "after_response:120",
@@ -293,8 +292,8 @@ def assert_died_where_the_point_says(point: str, data: Dataset, statuses: dict[s
             pq.read_table(out / "_tmp" / torn)
         assert orphans == set()
     elif point == "after_part_rename":
-        # The second flush's three parts are in place, and the state does not know them.
-        assert len(orphans) == 3
+        # The second flush's parts (one per table) are in place, and the state does not know them.
+        assert len(orphans) == len(TABLES)
         assert {o.split("/", 1)[0] for o in orphans} == set(TABLES)
     elif point == "mid_failures_write":
         [torn] = leftovers

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline import flatten as flatten_module
 from pipeline.flatten import Tables, flatten, parse_count
 from pipeline.records import FetchedProfile
 from pipeline.schema import PROFILE_INTERACTIONS, PROFILE_TAGS, PROFILES, TABLES
@@ -210,6 +211,102 @@ def test_fetched_at_is_utc_to_the_microsecond_and_request_id_may_be_null() -> No
     row = only_row(flatten([fetched]))
     assert row["fetched_at"] == FETCHED_AT
     assert row["request_id"] is None
+
+
+# --- every field to its own column ----------------------------------------------------------
+
+# Each source field a value no other field has, so a builder that puts a value in another
+# column's slot (liked and notes_liked hold equal values in every sample) cannot pass.
+SENTINEL_DATA: dict[str, Any] = {
+    "userid": USER_ID,
+    "red_id": "sentinel-red-id",
+    "nickname": "sentinel-nickname",
+    "desc": "sentinel-desc",
+    "user_desc_info": {"desc": "sentinel-desc-info"},
+    "gender": 2,
+    "ip_location": "sentinel-ip-location",
+    "location": "sentinel-location",
+    "level": {"number": 11},
+    "red_official_verified": True,
+    "red_official_verify_type": 12,
+    "follows": 13,
+    "fans": 14,
+    "liked": 15,
+    "collected": 16,
+    "note_num_stat": {"posted": 17, "liked": 18, "collected": 19},
+    "imageb": "https://sentinel/imageb",
+    "images": "https://sentinel/images",
+    "share_link": "https://sentinel/share",
+    "tags": [
+        {"tag_type": "profession", "name": "sentinel-profession-1", "icon": "https://sentinel/i1"},
+        {"tag_type": "location", "name": "sentinel-location-tag"},
+        {"tag_type": "profession", "name": "sentinel-profession-2"},
+    ],
+    "interactions": [
+        {
+            "type": "sentinel-type",
+            "name": "sentinel-name",
+            "count": "2.2万",
+            "is_private": True,
+            "toast": "sentinel-toast",
+        }
+    ],
+}
+SENTINEL_PROFILE_ROW: dict[str, Any] = {
+    "user_id": USER_ID,
+    "red_id": "sentinel-red-id",
+    "nickname": "sentinel-nickname",
+    "description": "sentinel-desc",
+    "gender": 2,
+    "ip_location": "sentinel-ip-location",
+    "location": "sentinel-location",
+    "level": 11,
+    "red_official_verified": True,
+    "red_official_verify_type": 12,
+    "follows": 13,
+    "fans": 14,
+    "liked": 15,
+    "collected": 16,
+    "notes_posted": 17,
+    "notes_liked": 18,
+    "notes_collected": 19,
+    "avatar_url": "https://sentinel/imageb",
+    "share_link": "https://sentinel/share",
+    "profession_tags": ["sentinel-profession-1", "sentinel-profession-2"],
+    "location_tag": "sentinel-location-tag",
+    "fetched_at": FETCHED_AT,
+    "request_id": "sentinel-request-id",
+    "raw_json": orjson.dumps(SENTINEL_DATA).decode(),
+}
+SENTINEL_TAG_ROWS = [
+    (USER_ID, 0, "profession", "sentinel-profession-1", "https://sentinel/i1"),
+    (USER_ID, 1, "location", "sentinel-location-tag", None),
+    (USER_ID, 2, "profession", "sentinel-profession-2", None),
+]
+SENTINEL_INTERACTION_ROW = (
+    USER_ID, "sentinel-type", "sentinel-name", 22000, "2.2万", True, "sentinel-toast"
+)  # fmt: skip
+
+
+def test_sentinel_values_are_distinct_so_any_swap_of_two_columns_shows() -> None:
+    assert list(SENTINEL_PROFILE_ROW) == PROFILES.column_names
+    for row in (list(SENTINEL_PROFILE_ROW.values()), list(SENTINEL_INTERACTION_ROW)):
+        values = [repr(v) for v in row]  # repr: True and 1 would compare equal
+        assert len(set(values)) == len(values)
+    assert len(SENTINEL_INTERACTION_ROW) == len(PROFILE_INTERACTIONS.columns)
+    assert all(len(row) == len(PROFILE_TAGS.columns) for row in SENTINEL_TAG_ROWS)
+
+
+@pytest.mark.parametrize("reader", ["typed", "tolerant"])
+def test_every_source_field_lands_in_its_own_column(
+    reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if reader == "tolerant":
+        monkeypatch.setattr(flatten_module, "read_typed", lambda _data: None)
+    tables = flatten([profile(SENTINEL_DATA, request_id="sentinel-request-id")])
+    assert only_row(tables) == SENTINEL_PROFILE_ROW
+    assert tables["profile_tags"].rows() == SENTINEL_TAG_ROWS
+    assert tables["profile_interactions"].rows() == [SENTINEL_INTERACTION_ROW]
 
 
 # --- parse_count ----------------------------------------------------------------------------

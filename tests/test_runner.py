@@ -15,7 +15,7 @@ from pipeline import runner
 from pipeline.config import RunConfig, Secret
 from pipeline.errors import AccountError, CallBudgetExhausted, EndpointGoneError
 from pipeline.schema import PROFILE_INTERACTIONS, PROFILE_TAGS, PROFILES
-from tests.helpers import make_id, read_failures, read_table, write_ids
+from tests.helpers import make_id, read_failures, read_table, table_names, write_ids
 
 SNAPSHOT = "2026-11-28"
 
@@ -228,7 +228,7 @@ def test_small_batches_are_compacted_into_few_files(sandbox, tmp_path: Path) -> 
     csv_path = write_ids(tmp_path / "ids.csv", [make_id(i) for i in range(300)])
     out = tmp_path / "out"
     runner.run(config_for(api.base_url, csv_path, out, batch_rows=10))
-    for table in ("profiles", "profile_tags", "profile_interactions"):
+    for table in table_names():
         files = list((out / table / f"dt={SNAPSHOT}").glob("*.parquet"))
         assert len(files) == 1, (table, files)
     assert read_table(out, "profiles").height == 300
@@ -245,7 +245,7 @@ def test_a_completed_snapshot_has_a_manifest_success_markers_and_a_run_summary(
     listed = {entry["path"] for files in manifest["tables"].values() for entry in files}
     on_disk = {p.relative_to(out).as_posix() for p in out.glob("profile*/*/*.parquet")}
     assert listed == on_disk
-    for table in ("profiles", "profile_tags", "profile_interactions", "failures"):
+    for table in [*table_names(), "failures"]:
         assert (out / table / f"dt={SNAPSHOT}" / "_SUCCESS").exists()
     [summary_file] = (out / "_runs").glob("*.json")
     summary = json.loads(summary_file.read_text())
