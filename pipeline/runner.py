@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from pipeline import sink
-from pipeline.client import ProfileClient, env_proxy, install_log_redaction, make_transport
+from pipeline.client import ProfileClient, install_log_redaction
 from pipeline.config import RunConfig
 from pipeline.crashpoints import crash_point
 from pipeline.errors import StopRun, UsageError, XhsProfilesError
@@ -41,6 +41,7 @@ from pipeline.progress import NoProgress, Progress, Tally
 from pipeline.ratelimit import RateController
 from pipeline.schema import TABLES
 from pipeline.state import State
+from pipeline.transport import env_proxy, make_transport
 
 # Rows per compacted file.  100,000 profiles with their raw_json are about 40 MB of zstd Parquet
 # here; a tag or interaction row is ~50 times smaller, so those tables take ten times the rows.

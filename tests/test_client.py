@@ -19,15 +19,12 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 import pytest
-from httpx_aiohttp import AiohttpTransport
 
 from pipeline.client import (
     USER_AGENT,
     ProfileClient,
     backoff_delay,
-    env_proxy,
     install_log_redaction,
-    make_transport,
     redact,
 )
 from pipeline.config import Secret
@@ -42,6 +39,7 @@ from pipeline.errors import (
 )
 from pipeline.ratelimit import RateController
 from pipeline.records import FetchedProfile
+from pipeline.transport import make_transport
 
 TOKEN = "tok-Zq81-SECRET-c0ffee-7731"
 USER = "5a901362e8ac2b36c99bce33"
@@ -740,20 +738,6 @@ async def test_requests_carry_the_timeouts_and_headers_and_redirects_are_not_fol
     assert request.headers["accept-encoding"] == "gzip, deflate"
 
 
-async def test_make_transport_pools_keepalive_connections_without_silent_resends() -> None:
-    async with make_transport(concurrency=7) as transport:
-        assert isinstance(transport, AiohttpTransport)
-        session = transport.get_client()
-        try:
-            assert session.connector is not None and session.connector.limit == 7
-            # aiohttp's silent re-send of a GET on a dropped keep-alive connection is off:
-            # every call is billed, so only the runner may retry.
-            assert session._retry_connection is False
-            assert session.trust_env is False  # proxies are read once, by env_proxy
-        finally:
-            await session.close()
-
-
 @pytest.mark.parametrize(
     ("attempt", "expected"),
     [(1, 0.5), (2, 1.0), (3, 2.0), (6, 16.0), (7, 30.0), (10_000, 30.0), (0, 0.5)],
@@ -769,37 +753,3 @@ def test_backoff_uses_full_jitter() -> None:
     delays = {backoff_delay(5) for _ in range(50)}
     assert all(0 <= d < 8 for d in delays)
     assert len(delays) > 1
-
-
-@pytest.mark.parametrize(
-    ("env", "url", "expected"),
-    [
-        ({}, "https://api.example.com", None),
-        ({"HTTPS_PROXY": "http://proxy:3128"}, "https://api.example.com", "http://proxy:3128"),
-        ({"https_proxy": "http://proxy:3128"}, "http://api.example.com", None),
-        (
-            {"HTTP_PROXY": "http://p:1", "NO_PROXY": "api.example.com"},
-            "http://api.example.com",
-            None,
-        ),
-        ({"ALL_PROXY": "socks5://p:1"}, "http://api.example.com", "socks5://p:1"),
-        ({"HTTP_PROXY": "http://p:1"}, "http://127.0.0.1:8000", None),
-    ],
-)
-def test_env_proxy_reads_the_proxy_variables_once_like_httpx(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], url: str, expected: str | None
-) -> None:
-    for name in (
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    assert env_proxy(url) == expected
