@@ -18,7 +18,6 @@ import click
 import httpx
 
 from pipeline import runner
-from pipeline.client import install_log_redaction, redact
 from pipeline.config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -37,6 +36,7 @@ from pipeline.errors import (
     XhsProfilesError,
 )
 from pipeline.progress import make_progress
+from pipeline.redaction import install_log_redaction, mask
 from pipeline.sandbox import Sandbox, SandboxConfig, serve
 
 EXIT_CODES_HELP = """\b
@@ -216,7 +216,7 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
         _fail(EXIT_INTERRUPTED, "interrupted; progress kept, rerun the same command to resume")
     except Exception as exc:
         if debug:
-            click.echo(redact(traceback.format_exc()), err=True)
+            click.echo(mask(traceback.format_exc()), err=True)
         _fail(
             EXIT_UNEXPECTED,
             f"unexpected error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
@@ -295,7 +295,7 @@ def _configure_logging(debug: bool) -> None:
 
 
 def _fail(code: int, message: str) -> NoReturn:
-    click.echo(f"xhs-profiles: {redact(message)}", err=True)
+    click.echo(f"xhs-profiles: {mask(message)}", err=True)
     sys.exit(code)
 
 

@@ -48,12 +48,11 @@ envelope.  Every JSON answer other than 302 tells the limiter the rate was accep
 returned, so the limiter can tell stale 302s from fresh ones and measure the round trip.
 
 Rules:
-- The token travels only in the query (httpx ``params=``; the URL is never string-formatted).
-  It never goes into a message: httpx exceptions (whose text and ``request`` carry the URL)
-  are replaced, not chained (raised outside the ``except`` block, so neither ``__cause__`` nor
+- The token travels only in the query (URL-encoded once, when the client is built).  It never
+  goes into a message: httpx exceptions (whose text and ``request`` carry the URL) are
+  replaced, not chained (raised outside the ``except`` block, so neither ``__cause__`` nor
   ``__context__`` holds them); the API's own ``message`` is echoed on one line, at most 200
-  characters, with anything token-like masked.  ``install_log_redaction`` masks it in httpx's
-  and httpcore's log records.
+  characters, masked by ``pipeline.redaction.mask``.
 - Bodies are parsed with orjson.  Bodies orjson refuses (NaN, lone surrogates, over 1024 levels)
   and bodies holding a run of 19+ digits (orjson turns integers over 64 bits into floats
   silently) go to the stdlib parser, which keeps integers longer than 18 digits as strings
@@ -95,21 +94,12 @@ from pipeline.errors import (
 from pipeline.profile_data import LONG_DIGIT_RUN
 from pipeline.ratelimit import RateController
 from pipeline.records import FetchedProfile
+from pipeline.redaction import mask
 
 MAX_RETRY_AFTER: Final = 300.0  # seconds; a longer Retry-After would stall every worker
 MAX_API_MESSAGE: Final = 200
-_TOKEN_IN_TEXT: Final = re.compile(r"(token=)[^&\s\"']*", re.IGNORECASE)
 _URL_IN_TEXT: Final = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 _NUMERIC_CODE: Final = re.compile(r"-?[0-9]{1,9}")
-_REDACTED_LOGGERS: Final = (
-    "httpx",
-    "httpcore",
-    "httpcore.connection",
-    "httpcore.http11",
-    "httpcore.http2",
-    "httpcore.proxy",
-    "httpcore.socks",
-)
 _TRANSIENT_CODES: Final = {
     301: "collection failed",
     500: "internal server error",
@@ -341,11 +331,7 @@ class ProfileClient:
         """The API's own text, safe to echo: one line, at most 200 characters, no token."""
         if not isinstance(value, str):
             return ""
-        text = " ".join(value.split())
-        secret = self._token.reveal()
-        if secret:
-            text = text.replace(secret, "***")
-        text = redact(text)
+        text = mask(" ".join(value.split()), self._token.reveal())
         if len(text) > MAX_API_MESSAGE:
             text = text[: MAX_API_MESSAGE - 1] + "…"
         return text
@@ -374,11 +360,8 @@ class ProfileClient:
             # aiohttp's text for a cut-off body is long and quotes a status that looks like a code.
             return "connection closed mid-answer (truncated or malformed)"
         what = next((text for cls, text in kinds if isinstance(exc, cls)), "transport error")
-        detail = " ".join(str(exc).split())
-        secret = self._token.reveal()
-        if secret:
-            detail = detail.replace(secret, "***")
-        detail = _URL_IN_TEXT.sub("<url>", redact(detail))[:120]
+        detail = mask(" ".join(str(exc).split()), self._token.reveal())
+        detail = _URL_IN_TEXT.sub("<url>", detail)[:120]
         return f"{what}: {detail}" if detail else what
 
 
@@ -400,37 +383,6 @@ def backoff_delay(
     """
     exponent = min(max(attempt, 1) - 1, 64)  # no float overflow however many attempts
     return rng() * min(cap, base * 2.0**exponent)
-
-
-def redact(text: str) -> str:
-    """Replace ``token=<value>`` (up to ``&``, whitespace or a quote) with ``token=***``."""
-    return _TOKEN_IN_TEXT.sub(r"\1***", text)
-
-
-class _RedactTokenFilter(logging.Filter):
-    """Rewrites the formatted message before any handler sees the record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except (TypeError, ValueError):
-            return True  # a malformed record: logging reports it; nothing to redact reliably
-        redacted = redact(message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        return True
-
-
-def install_log_redaction() -> None:
-    """Mask the token in httpx's and httpcore's log records (idempotent).
-
-    A logger's filters only see records created on that logger, not its children's, so each
-    httpcore child logger gets the filter too.
-    """
-    for name in _REDACTED_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _RedactTokenFilter) for f in logger.filters):
-            logger.addFilter(_RedactTokenFilter())
 
 
 class _TooDeep:

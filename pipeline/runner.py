@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from pipeline import sink
-from pipeline.client import ProfileClient, install_log_redaction
+from pipeline.client import ProfileClient
 from pipeline.config import RunConfig
 from pipeline.crashpoints import crash_point
 from pipeline.errors import StopRun, UsageError, XhsProfilesError
@@ -39,6 +39,7 @@ from pipeline.flatten import flatten
 from pipeline.ids import IdFile, open_id_file
 from pipeline.progress import NoProgress, Progress, Tally
 from pipeline.ratelimit import RateController
+from pipeline.redaction import install_log_redaction
 from pipeline.schema import TABLES
 from pipeline.state import State
 from pipeline.transport import env_proxy, make_transport
