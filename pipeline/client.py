@@ -53,11 +53,10 @@ Rules:
   replaced, not chained (raised outside the ``except`` block, so neither ``__cause__`` nor
   ``__context__`` holds them); the API's own ``message`` is echoed on one line, at most 200
   characters, masked by ``pipeline.redaction.mask``.
-- Bodies are parsed with orjson.  Bodies orjson refuses (NaN, lone surrogates, over 1024 levels)
-  and bodies holding a run of 19+ digits (orjson turns integers over 64 bits into floats
-  silently) go to the stdlib parser, which keeps integers longer than 18 digits as strings
-  (no int-str limit, no precision loss) and NaN/Infinity as null.
-- ``FetchedProfile.data`` is the ``data`` object re-serialized compactly as UTF-8 JSON.
+- Bodies are parsed by ``pipeline.jsonparse`` (orjson, else the stdlib parser, keeping every
+  digit of big integers), with NaN/Infinity as null.
+- ``FetchedProfile.data`` is the ``data`` object re-serialized compactly as UTF-8 JSON
+  (``jsonparse.dumps``): what the API sent, digit for digit.
 """
 
 from __future__ import annotations
@@ -66,7 +65,6 @@ import asyncio
 import datetime as dt
 import email.utils
 import importlib.metadata
-import json
 import logging
 import math
 import random
@@ -77,7 +75,6 @@ from urllib.parse import urlencode
 
 import aiohttp
 import httpx
-import orjson
 
 from pipeline.config import ID_PATTERN, Secret
 from pipeline.errors import (
@@ -91,7 +88,7 @@ from pipeline.errors import (
     RateLimitedError,
     TransientError,
 )
-from pipeline.profile_data import LONG_DIGIT_RUN
+from pipeline.jsonparse import dumps, loads
 from pipeline.ratelimit import RateController
 from pipeline.records import FetchedProfile
 from pipeline.redaction import mask
@@ -262,7 +259,7 @@ class ProfileClient:
                 raise PermanentError(f"no profile in the answer: {reason}", code=CODE_UNAVAILABLE)
             userid = data.get("userid")
             if isinstance(userid, str) and userid.strip():
-                serialized = _serialize(data, via_stdlib)
+                serialized = dumps(data, via_stdlib=via_stdlib)
                 if serialized is None:
                     raise PermanentError(
                         "the profile is nested too deep to store", code=CODE_NO_RESPONSE
@@ -390,58 +387,29 @@ class _TooDeep:
 
 
 _TOO_DEEP: Final = _TooDeep()
-# Integers too long for an int64 are kept as their digits behind this marker, and written back
-# as bare numbers by ``_serialize``, so raw_json stays what the API sent.
-_BIG_INT_MARK: Final = "\x00bigint:"
-_BIG_INT_IN_JSON: Final = re.compile(r'"\\u0000bigint:(-?[0-9]+)"')
 
 
 def _parse_json(body: bytes) -> tuple[object, bool] | _TooDeep | None:
     """(value, parsed by the stdlib fallback), ``_TOO_DEEP``, or None when not usable JSON."""
-    if not LONG_DIGIT_RUN.search(body):
-        try:
-            return orjson.loads(body), False
-        except orjson.JSONDecodeError:
-            pass
     try:
-        return json.loads(body, parse_int=_int_or_digits, parse_constant=_no_constant), True
+        # NaN and Infinity become null: raw_json must be JSON that any reader takes.
+        return loads(body, mark_big_ints=True, parse_constant=_no_constant)
     except RecursionError:
         return _TOO_DEEP
     except ValueError:
         return None
 
 
-def _int_or_digits(text: str) -> int | str:
-    # Over 18 digits an int may exceed int64 (and past 4300 Python refuses to convert it).
-    return _BIG_INT_MARK + text if len(text.lstrip("-")) > 18 else int(text)
-
-
 def _no_constant(_name: str) -> None:
     return None
-
-
-def _serialize(data: dict[str, object], via_stdlib: bool) -> bytes | None:
-    if not via_stdlib:
-        try:
-            return orjson.dumps(data)
-        except orjson.JSONEncodeError:
-            pass  # deeper than orjson writes (254 levels): the stdlib may still manage
-    try:
-        try:
-            text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-            return _BIG_INT_IN_JSON.sub(r"\1", text).encode()
-        except UnicodeEncodeError:
-            # A lone surrogate ("\ud800") cannot be UTF-8: keep it escaped instead.
-            return _BIG_INT_IN_JSON.sub(r"\1", json.dumps(data, separators=(",", ":"))).encode()
-    except (ValueError, RecursionError):
-        return None
 
 
 def _business_code(code: object) -> int | None:
     if isinstance(code, bool):
         return None
     if isinstance(code, int):
-        return code
+        # The state keeps a code as a SQLite INTEGER, which is an Int64.
+        return code if -(2**63) <= code < 2**63 else None
     if isinstance(code, str) and _NUMERIC_CODE.fullmatch(code.strip()):
         return int(code.strip())
     return None
