@@ -6,11 +6,12 @@ This is the only module that imports click, prints for the user, or decides an e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -56,9 +57,11 @@ Exit codes:
 
 @dataclass(frozen=True, slots=True)
 class Seams:
-    """What tests (and embedders) may inject: the HTTP transport used by every call."""
+    """What tests (and embedders) may inject: the HTTP transport used by every call, and
+    ``RunConfig`` fields set over what the options give (those no option sets: the back-off)."""
 
     transport: httpx.AsyncBaseTransport | None = None
+    config_overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
 class _Group(click.Group):
@@ -208,6 +211,8 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
                 err=True,
             )
         config = _make_config(options, sandbox=use_sandbox)
+        if obj is not None and obj.config_overrides:
+            config = dataclasses.replace(config, **obj.config_overrides)
         progress = make_progress(not options["no_progress"] and not config.dry_run)
         report = runner.run(config, transport=obj.transport if obj else None, progress=progress)
     except XhsProfilesError as exc:

@@ -1,10 +1,9 @@
 """One call to Just One API's get-user endpoint for one id, classified into a profile or an error.
 
 ``ProfileClient.fetch`` makes exactly one HTTP call (after taking its turn from the shared
-``RateController``) and never retries: retry scheduling lives in the fetch loop, whose
-not-before heap keeps a waiting id from holding a concurrency slot.  That is why tenacity and
-stamina (which retry in-line, holding the slot) are not used; ``backoff_delay`` gives the loop
-its waits.
+``RateController``) and never retries: retry scheduling and back-off live in the fetch loop
+(``pipeline.fetcher``), whose not-before heap keeps a waiting id from holding a concurrency
+slot.  That is why tenacity and stamina (which retry in-line, holding the slot) are not used.
 
 How an answer is classified (first matching row wins):
 
@@ -67,9 +66,7 @@ import email.utils
 import importlib.metadata
 import logging
 import math
-import random
 import re
-from collections.abc import Callable
 from typing import Final
 from urllib.parse import urlencode
 
@@ -368,18 +365,6 @@ def _is_disguised_disconnect(exc: httpx.TimeoutException) -> bool:
     return isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
         cause, aiohttp.ServerTimeoutError | aiohttp.ConnectionTimeoutError
     )
-
-
-def backoff_delay(
-    attempt: int, *, base: float = 0.5, cap: float = 30.0, rng: Callable[[], float] = random.random
-) -> float:
-    """Exponential back-off with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))).
-
-    A 0.5 s base: the vendor's own advice for 301 is "please retry", and the retry waits in the
-    fetcher's heap, so a short wait costs no slot while a long one holds up the run's end.
-    """
-    exponent = min(max(attempt, 1) - 1, 64)  # no float overflow however many attempts
-    return rng() * min(cap, base * 2.0**exponent)
 
 
 class _TooDeep:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import os
 import secrets
 import signal
@@ -34,7 +35,7 @@ from pipeline.client import ProfileClient
 from pipeline.config import RunConfig
 from pipeline.crashpoints import crash_point
 from pipeline.errors import StopRun, UsageError, XhsProfilesError
-from pipeline.fetcher import Fetcher, FetchOutcome
+from pipeline.fetcher import Fetcher, FetchOutcome, backoff_delay
 from pipeline.flatten import flatten
 from pipeline.ids import IdFile, open_id_file
 from pipeline.progress import NoProgress, Progress, Tally
@@ -202,6 +203,9 @@ async def _fetch(
             on_success=on_success,
             on_progress=progress.update,
             rate=lambda: limiter.rate,
+            backoff=functools.partial(
+                backoff_delay, base=config.backoff_base, cap=config.backoff_cap
+            ),
         )
         progress.start(pending)
         with _stop_on_signals(fetcher.request_stop):

@@ -23,7 +23,6 @@ import pytest
 from pipeline.client import (
     USER_AGENT,
     ProfileClient,
-    backoff_delay,
 )
 from pipeline.config import Secret
 from pipeline.errors import (
@@ -641,7 +640,7 @@ async def test_the_debug_log_line_of_a_call_never_holds_the_token(
     assert TOKEN not in caplog.text
 
 
-# --- helpers: client factory and back-off ----------------------------------------------------
+# --- helpers: the request the client builds ----------------------------------------------------
 
 
 async def test_requests_carry_the_timeouts_and_headers_and_redirects_are_not_followed() -> None:
@@ -656,20 +655,3 @@ async def test_requests_carry_the_timeouts_and_headers_and_redirects_are_not_fol
     )
     assert request.headers["user-agent"] == USER_AGENT
     assert request.headers["accept-encoding"] == "gzip, deflate"
-
-
-@pytest.mark.parametrize(
-    ("attempt", "expected"),
-    [(1, 0.5), (2, 1.0), (3, 2.0), (6, 16.0), (7, 30.0), (10_000, 30.0), (0, 0.5)],
-)
-def test_backoff_is_exponential_and_capped(attempt: int, expected: float) -> None:
-    assert backoff_delay(attempt, rng=lambda: 1.0) == expected
-
-
-def test_backoff_uses_full_jitter() -> None:
-    assert backoff_delay(4, rng=lambda: 0.25) == 1.0
-    assert backoff_delay(4, rng=lambda: 0.0) == 0.0
-    assert backoff_delay(3, base=0.5, cap=1.5, rng=lambda: 1.0) == 1.5
-    delays = {backoff_delay(5) for _ in range(50)}
-    assert all(0 <= d < 8 for d in delays)
-    assert len(delays) > 1
