@@ -118,7 +118,7 @@ log = logging.getLogger(__name__)
 
 
 class ProfileClient:
-    """Fetches one profile per call; ``calls`` counts calls started (what is billed)."""
+    """Fetches one profile per call."""
 
     def __init__(
         self,
@@ -151,10 +151,9 @@ class ProfileClient:
         self._max_body_bytes = max_body_bytes
         self._total_timeout = total_timeout if total_timeout is not None else 2 * timeout
         self._version = endpoint_url.rstrip("/").rsplit("/", 1)[-1]
-        self.calls = 0
 
     def __repr__(self) -> str:
-        return f"ProfileClient(endpoint_url={self._url!r}, calls={self.calls})"
+        return f"ProfileClient(endpoint_url={self._url!r})"
 
     async def fetch(self, user_id: str) -> FetchedProfile:
         """One call for ``user_id``: a profile, or a ``FetchError``/``StopRun`` subclass."""
@@ -164,7 +163,6 @@ class ProfileClient:
                 code=CODE_INVALID_INPUT,
             )
         sent_at = await self._limiter.acquire()
-        self.calls += 1
         status, retry_after, body = await self._exchange(user_id)
         parsed = _parse_json(body)
         if isinstance(parsed, _TooDeep):
