@@ -18,15 +18,17 @@ other transport fault (connect error, reset,           TransientError(-1), short
 truncated body or chunked read, bad encoding)          no URL
 body over ``max_body_bytes`` (decoded)                 PermanentError(-1) "response body larger
                                                        than 5 MB"; reading stops there
-body not JSON (HTML page, truncated, invalid, nested
-too deep) and HTTP 404                                 EndpointGoneError: try the other
+JSON nested too deep for any parser                    PermanentError(-1): a retry would get
+                                                       the same answer
+body not JSON (HTML page, truncated, invalid) and
+HTTP 404                                               EndpointGoneError: try the other
                                                        ``--api-version``
 ... and HTTP 200, 429 or >= 500                        TransientError(-1) "HTTP 502 with a
                                                        non-JSON body"
 ... any other HTTP status (redirects included)         PermanentError(-1)
 JSON without a usable ``code`` and HTTP 404            EndpointGoneError
 JSON that is not an object, or ``code`` missing or     TransientError(-1) "response has no
-not an int / numeric string                            business code"
+not an Int64 / numeric string                          business code"
 code 0, ``data.result.success`` is false               PermanentError(0) with result.message
 code 0, ``data`` has a non-empty string ``userid``     FetchedProfile
 code 0, anything else (``data`` null, empty, ...)      PermanentError(0) "no profile ..."
@@ -62,15 +64,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import email.utils
-import importlib.metadata
 import logging
-import math
 import re
 from typing import Final
 from urllib.parse import urlencode
 
-import aiohttp
 import httpx
 
 from pipeline.config import ID_PATTERN, Secret
@@ -89,6 +87,13 @@ from pipeline.jsonparse import dumps, loads
 from pipeline.ratelimit import RateController
 from pipeline.records import FetchedProfile
 from pipeline.redaction import mask
+from pipeline.transport import (
+    REQUEST_HEADERS,
+    is_cut_off_body,
+    is_disguised_disconnect,
+    read_capped,
+    retry_after_seconds,
+)
 
 MAX_RETRY_AFTER: Final = 300.0  # seconds; a longer Retry-After would stall every worker
 MAX_API_MESSAGE: Final = 200
@@ -99,21 +104,12 @@ _TRANSIENT_CODES: Final = {
     500: "internal server error",
     503: "service unavailable",
 }
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("xhs-profiles")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-USER_AGENT: Final = f"xhs-profiles/{_version()}"
-_REQUEST_HEADERS: Final = (
-    ("User-Agent", USER_AGENT),
-    ("Accept", "application/json"),
-    ("Accept-Encoding", "gzip, deflate"),
-)
+_ACCOUNT_CODES: Final = {
+    100: "token invalid or inactive (code 100): check JUSTONEAPI_TOKEN",
+    303: "daily quota exceeded (code 303): rerun after the quota resets; progress is kept",
+    600: "permission denied (code 600): this token may not call get-user/{version}",
+    601: "insufficient balance (code 601): top up the account, then rerun; progress is kept",
+}
 log = logging.getLogger(__name__)
 
 
@@ -164,15 +160,7 @@ class ProfileClient:
             )
         sent_at = await self._limiter.acquire()
         status, retry_after, body = await self._exchange(user_id)
-        parsed = _parse_json(body)
-        if isinstance(parsed, _TooDeep):
-            # The same answer would come back: record it rather than pay for it again.
-            raise PermanentError(
-                "the answer is JSON nested too deep to parse", code=CODE_NO_RESPONSE
-            )
-        if parsed is None:
-            raise self._non_json_error(status)
-        envelope, via_stdlib = parsed
+        envelope, via_stdlib = self._parse(body, status)
         code = _business_code(envelope.get("code")) if isinstance(envelope, dict) else None
         if code is None or not isinstance(envelope, dict):
             if status == 404:
@@ -180,7 +168,7 @@ class ProfileClient:
             raise TransientError("response has no business code", code=CODE_NO_RESPONSE)
         message = self._api_message(envelope.get("message"))
         if code == 302:
-            seconds = _parse_retry_after(retry_after)
+            seconds = retry_after_seconds(retry_after, cap=MAX_RETRY_AFTER)
             self._limiter.on_rate_limited(seconds, sent_at=sent_at)
             raise RateLimitedError(
                 _with(f"rate limited (code {code})", message), retry_after=seconds
@@ -190,6 +178,20 @@ class ProfileClient:
             return self._profile(user_id, envelope, via_stdlib)
         raise self._business_error(code, message)
 
+    def _parse(self, body: bytes, status: int) -> tuple[object, bool]:
+        failure: FetchError | EndpointGoneError
+        try:
+            # NaN and Infinity become null: raw_json must be JSON that any reader takes.
+            return loads(body, mark_big_ints=True, parse_constant=lambda _name: None)
+        except RecursionError:
+            # The same answer would come back: record it rather than pay for it again.
+            failure = PermanentError(
+                "the answer is JSON nested too deep to parse", code=CODE_NO_RESPONSE
+            )
+        except ValueError:
+            failure = self._non_json_error(status)
+        raise failure from None
+
     async def _exchange(self, user_id: str) -> tuple[int, str | None, bytes]:
         """Send the request; return (HTTP status, Retry-After header, body)."""
         failure: FetchError
@@ -198,18 +200,23 @@ class ProfileClient:
                 request = httpx.Request(
                     "GET",
                     self._url_prefix + user_id,
-                    headers=_REQUEST_HEADERS,
+                    headers=REQUEST_HEADERS,
                     extensions=self._extensions,
                 )
                 response = await self._transport.handle_async_request(request)
                 try:
-                    body = await self._read_capped(response)
+                    body = await read_capped(response, self._max_body_bytes)
                 finally:
                     await response.aclose()
+                if body is None:
+                    raise PermanentError(
+                        f"response body larger than {_size(self._max_body_bytes)}",
+                        code=CODE_NO_RESPONSE,
+                    )
                 log.debug("GET %s?userId=%s: HTTP %d", self._url, user_id, response.status_code)
                 return response.status_code, response.headers.get("retry-after"), body
         except httpx.TimeoutException as exc:
-            if _is_disguised_disconnect(exc):
+            if is_disguised_disconnect(exc):
                 failure = TransientError(
                     "connection closed by the API before a complete answer",
                     code=CODE_NO_RESPONSE,
@@ -225,23 +232,6 @@ class ProfileClient:
         # Raised here, outside the except blocks, so the httpx error (whose message and
         # request hold the URL with the token) is neither __cause__ nor __context__.
         raise failure from None
-
-    async def _read_capped(self, response: httpx.Response) -> bytes:
-        too_large = PermanentError(
-            f"response body larger than {_size(self._max_body_bytes)}", code=CODE_NO_RESPONSE
-        )
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self._max_body_bytes:
-            raise too_large
-        chunks: list[bytes] = []
-        size = 0
-        # aiter_bytes decodes gzip/deflate, so the cap is on what would be held in memory.
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > self._max_body_bytes:
-                raise too_large
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     def _profile(
         self, user_id: str, envelope: dict[str, object], via_stdlib: bool
@@ -276,25 +266,8 @@ class ProfileClient:
             return TransientError(
                 _with(f"{_TRANSIENT_CODES[code]} (code {code})", message), code=code
             )
-        if code == 100:
-            return AccountError(
-                code, "token invalid or inactive (code 100): check JUSTONEAPI_TOKEN"
-            )
-        if code == 303:
-            return AccountError(
-                code,
-                "daily quota exceeded (code 303): rerun after the quota resets; progress is kept",
-            )
-        if code == 600:
-            return AccountError(
-                code,
-                f"permission denied (code 600): this token may not call get-user/{self._version}",
-            )
-        if code == 601:
-            return AccountError(
-                code,
-                "insufficient balance (code 601): top up the account, then rerun; progress is kept",
-            )
+        if code in _ACCOUNT_CODES:
+            return AccountError(code, _ACCOUNT_CODES[code].format(version=self._version))
         if code == 400:
             return PermanentError(message or "invalid parameters", code=400)
         if code == 404:
@@ -348,43 +321,13 @@ class ProfileClient:
             (httpx.ProxyError, "proxy error"),
             (httpx.DecodingError, "could not decode the compressed body"),
         )
-        if isinstance(exc.__cause__, aiohttp.ClientPayloadError):
+        if is_cut_off_body(exc):
             # aiohttp's text for a cut-off body is long and quotes a status that looks like a code.
             return "connection closed mid-answer (truncated or malformed)"
         what = next((text for cls, text in kinds if isinstance(exc, cls)), "transport error")
         detail = mask(" ".join(str(exc).split()), self._token.reveal())
         detail = _URL_IN_TEXT.sub("<url>", detail)[:120]
         return f"{what}: {detail}" if detail else what
-
-
-def _is_disguised_disconnect(exc: httpx.TimeoutException) -> bool:
-    """httpx-aiohttp maps every aiohttp connection error, resets included, to ConnectTimeout."""
-    cause = exc.__cause__
-    return isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
-        cause, aiohttp.ServerTimeoutError | aiohttp.ConnectionTimeoutError
-    )
-
-
-class _TooDeep:
-    """``_parse_json``'s answer for valid-looking JSON nested past what a parser can follow."""
-
-
-_TOO_DEEP: Final = _TooDeep()
-
-
-def _parse_json(body: bytes) -> tuple[object, bool] | _TooDeep | None:
-    """(value, parsed by the stdlib fallback), ``_TOO_DEEP``, or None when not usable JSON."""
-    try:
-        # NaN and Infinity become null: raw_json must be JSON that any reader takes.
-        return loads(body, mark_big_ints=True, parse_constant=_no_constant)
-    except RecursionError:
-        return _TOO_DEEP
-    except ValueError:
-        return None
-
-
-def _no_constant(_name: str) -> None:
-    return None
 
 
 def _business_code(code: object) -> int | None:
@@ -396,26 +339,6 @@ def _business_code(code: object) -> int | None:
     if isinstance(code, str) and _NUMERIC_CODE.fullmatch(code.strip()):
         return int(code.strip())
     return None
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), capped."""
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def _with(summary: str, message: str) -> str:

@@ -20,10 +20,7 @@ import httpx
 import orjson
 import pytest
 
-from pipeline.client import (
-    USER_AGENT,
-    ProfileClient,
-)
+from pipeline.client import ProfileClient
 from pipeline.config import Secret
 from pipeline.errors import (
     AccountError,
@@ -36,7 +33,7 @@ from pipeline.errors import (
 )
 from pipeline.ratelimit import RateController
 from pipeline.records import FetchedProfile
-from pipeline.transport import make_transport
+from pipeline.transport import USER_AGENT, make_transport
 
 TOKEN = "tok-Zq81-SECRET-c0ffee-7731"
 USER = "5a901362e8ac2b36c99bce33"
