@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sys
 import textwrap
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn, TypeVar
 
@@ -20,7 +21,6 @@ import click
 import httpx
 
 from pipeline import runner
-from pipeline.client import install_log_redaction, redact
 from pipeline.config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -40,6 +40,7 @@ from pipeline.errors import (
     XhsProfilesError,
 )
 from pipeline.progress import make_progress
+from pipeline.redaction import install_log_redaction, mask
 from pipeline.run_report import Outcome, RunReport
 from pipeline.sandbox import Sandbox, SandboxConfig, serve
 
@@ -65,9 +66,11 @@ _Command = TypeVar("_Command", bound=Callable[..., Any])
 
 @dataclass(frozen=True, slots=True)
 class Seams:
-    """What tests (and embedders) may inject: the HTTP transport used by every call."""
+    """What tests (and embedders) may inject: the HTTP transport used by every call, and
+    ``RunConfig`` fields set over what the options give (those no option sets: the back-off)."""
 
     transport: httpx.AsyncBaseTransport | None = None
+    config_overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
 class _Group(click.Group):
@@ -113,7 +116,7 @@ class _Group(click.Group):
             _fail(Interrupted.exit_code, str(Interrupted()))
         except Exception as exc:
             if ctx.meta.get(_DEBUG):
-                click.echo(redact(traceback.format_exc()), err=True)
+                click.echo(mask(traceback.format_exc()), err=True)
             _fail(
                 EXIT_UNEXPECTED,
                 f"unexpected error: {type(exc).__name__}: {exc} "
@@ -231,7 +234,7 @@ def cli() -> None:
 def run_command(obj: Seams | None, /, **options: Any) -> None:
     """Fetch the profiles of the ids in INPUT.csv into --out (resumes a killed run)."""
     _configure_logging(bool(options.pop("debug")))
-    transport = obj.transport if obj else None
+    seams = obj or Seams()
     show_progress = not options.pop("no_progress")
     if options.pop("use_sandbox"):
         sandbox_config = SandboxConfig.from_options(
@@ -245,9 +248,9 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
                 f"at {sandbox.base_url} (no real calls, no token needed).",
                 err=True,
             )
-            report = _run(_make_config(options, sandbox=True), transport, show_progress)
+            report = _run(_make_config(options, sandbox=True), seams, show_progress)
     else:
-        report = _run(_make_config(options, sandbox=False), transport, show_progress)
+        report = _run(_make_config(options, sandbox=False), seams, show_progress)
     _print_report(report)
     if report.stopped_by is not None:
         raise report.stopped_by
@@ -255,11 +258,11 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
         raise Interrupted()
 
 
-def _run(
-    config: RunConfig, transport: httpx.AsyncBaseTransport | None, show_progress: bool
-) -> RunReport:
+def _run(config: RunConfig, seams: Seams, show_progress: bool) -> RunReport:
+    if seams.config_overrides:
+        config = dataclasses.replace(config, **seams.config_overrides)
     progress = make_progress(show_progress and not config.dry_run)
-    return runner.run(config, transport=transport, progress=progress)
+    return runner.run(config, transport=seams.transport, progress=progress)
 
 
 def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
@@ -323,7 +326,7 @@ def _configure_logging(debug: bool) -> None:
 
 
 def _fail(code: int, message: str) -> NoReturn:
-    click.echo(f"xhs-profiles: {redact(message)}", err=True)
+    click.echo(f"xhs-profiles: {mask(message)}", err=True)
     sys.exit(code)
 
 

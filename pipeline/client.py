@@ -1,10 +1,9 @@
 """One call to Just One API's get-user endpoint for one id, classified into a profile or an error.
 
 ``ProfileClient.fetch`` makes exactly one HTTP call (after taking its turn from the shared
-``RateController``) and never retries: retry scheduling lives in the fetch loop, whose
-not-before heap keeps a waiting id from holding a concurrency slot.  That is why tenacity and
-stamina (which retry in-line, holding the slot) are not used; ``backoff_delay`` gives the loop
-its waits.
+``RateController``) and never retries: retry scheduling and back-off live in the fetch loop
+(``pipeline.fetcher``), whose not-before heap keeps a waiting id from holding a concurrency
+slot.  That is why tenacity and stamina (which retry in-line, holding the slot) are not used.
 
 How an answer is classified (first matching row wins):
 
@@ -19,15 +18,17 @@ other transport fault (connect error, reset,           TransientError(-1), short
 truncated body or chunked read, bad encoding)          no URL
 body over ``max_body_bytes`` (decoded)                 PermanentError(-1) "response body larger
                                                        than 5 MB"; reading stops there
-body not JSON (HTML page, truncated, invalid, nested
-too deep) and HTTP 404                                 EndpointGoneError: try the other
+JSON nested too deep for any parser                    PermanentError(-1): a retry would get
+                                                       the same answer
+body not JSON (HTML page, truncated, invalid) and
+HTTP 404                                               EndpointGoneError: try the other
                                                        ``--api-version``
 ... and HTTP 200, 429 or >= 500                        TransientError(-1) "HTTP 502 with a
                                                        non-JSON body"
 ... any other HTTP status (redirects included)         PermanentError(-1)
 JSON without a usable ``code`` and HTTP 404            EndpointGoneError
 JSON that is not an object, or ``code`` missing or     TransientError(-1) "response has no
-not an int / numeric string                            business code"
+not an Int64 / numeric string                          business code"
 code 0, ``data.result.success`` is false               PermanentError(0) with result.message
 code 0, ``data`` has a non-empty string ``userid``     FetchedProfile
 code 0, anything else (``data`` null, empty, ...)      PermanentError(0) "no profile ..."
@@ -48,39 +49,27 @@ envelope.  Every JSON answer other than 302 tells the limiter the rate was accep
 returned, so the limiter can tell stale 302s from fresh ones and measure the round trip.
 
 Rules:
-- The token travels only in the query (httpx ``params=``; the URL is never string-formatted).
-  It never goes into a message: httpx exceptions (whose text and ``request`` carry the URL)
-  are replaced, not chained (raised outside the ``except`` block, so neither ``__cause__`` nor
+- The token travels only in the query (URL-encoded once, when the client is built).  It never
+  goes into a message: httpx exceptions (whose text and ``request`` carry the URL) are
+  replaced, not chained (raised outside the ``except`` block, so neither ``__cause__`` nor
   ``__context__`` holds them); the API's own ``message`` is echoed on one line, at most 200
-  characters, with anything token-like masked.  ``install_log_redaction`` masks it in httpx's
-  and httpcore's log records.
-- Bodies are parsed with orjson.  Bodies orjson refuses (NaN, lone surrogates, over 1024 levels)
-  and bodies holding a run of 19+ digits (orjson turns integers over 64 bits into floats
-  silently) go to the stdlib parser, which keeps integers longer than 18 digits as strings
-  (no int-str limit, no precision loss) and NaN/Infinity as null.
-- ``FetchedProfile.data`` is the ``data`` object re-serialized compactly as UTF-8 JSON.
+  characters, masked by ``pipeline.redaction.mask``.
+- Bodies are parsed by ``pipeline.jsonparse`` (orjson, else the stdlib parser, keeping every
+  digit of big integers), with NaN/Infinity as null.
+- ``FetchedProfile.data`` is the ``data`` object re-serialized compactly as UTF-8 JSON
+  (``jsonparse.dumps``): what the API sent, digit for digit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import email.utils
-import importlib.metadata
-import json
 import logging
-import math
-import random
 import re
-import urllib.request
-from collections.abc import Callable
 from typing import Final
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
-import aiohttp
 import httpx
-import orjson
-from httpx_aiohttp import AiohttpTransport
 
 from pipeline.config import ID_PATTERN, Secret
 from pipeline.errors import (
@@ -94,89 +83,38 @@ from pipeline.errors import (
     RateLimitedError,
     TransientError,
 )
-from pipeline.profile_data import LONG_DIGIT_RUN
+from pipeline.jsonparse import dumps, loads
 from pipeline.ratelimit import RateController
 from pipeline.records import FetchedProfile
+from pipeline.redaction import mask
+from pipeline.transport import (
+    REQUEST_HEADERS,
+    is_cut_off_body,
+    is_disguised_disconnect,
+    read_capped,
+    retry_after_seconds,
+)
 
 MAX_RETRY_AFTER: Final = 300.0  # seconds; a longer Retry-After would stall every worker
 MAX_API_MESSAGE: Final = 200
-_TOKEN_IN_TEXT: Final = re.compile(r"(token=)[^&\s\"']*", re.IGNORECASE)
 _URL_IN_TEXT: Final = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 _NUMERIC_CODE: Final = re.compile(r"-?[0-9]{1,9}")
-_REDACTED_LOGGERS: Final = (
-    "httpx",
-    "httpcore",
-    "httpcore.connection",
-    "httpcore.http11",
-    "httpcore.http2",
-    "httpcore.proxy",
-    "httpcore.socks",
-)
 _TRANSIENT_CODES: Final = {
     301: "collection failed",
     500: "internal server error",
     503: "service unavailable",
 }
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("xhs-profiles")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-USER_AGENT: Final = f"xhs-profiles/{_version()}"
-_REQUEST_HEADERS: Final = (
-    ("User-Agent", USER_AGENT),
-    ("Accept", "application/json"),
-    ("Accept-Encoding", "gzip, deflate"),
-)
+_ACCOUNT_CODES: Final = {
+    100: "token invalid or inactive (code 100): check JUSTONEAPI_TOKEN",
+    303: "daily quota exceeded (code 303): rerun after the quota resets; progress is kept",
+    600: "permission denied (code 600): this token may not call get-user/{version}",
+    601: "insufficient balance (code 601): top up the account, then rerun; progress is kept",
+}
 log = logging.getLogger(__name__)
 
 
-def make_transport(*, concurrency: int, proxy: str | None = None) -> httpx.AsyncBaseTransport:
-    """httpx's aiohttp transport with a keep-alive pool of ``concurrency`` connections.
-
-    Measured here on 5,000 zero-latency calls at concurrency 16: httpx's own transport (httpcore)
-    needed 1.6 to 1.8 times the CPU and wall time of the aiohttp one.  ``ProfileClient`` talks
-    to the transport directly: it needs none of ``AsyncClient``'s cookies, redirects, auth or
-    URL merging, and skipping them saves about 200 µs of CPU a call (a third of the client).
-    """
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return AiohttpTransport(
-        limits=limits,
-        client=lambda: _aiohttp_session(concurrency),
-        proxy=httpx.Proxy(proxy) if proxy else None,
-    )
-
-
-def env_proxy(url: str) -> str | None:
-    """The proxy that HTTPS_PROXY/HTTP_PROXY/ALL_PROXY and NO_PROXY set for ``url``, if any."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if host in ("localhost", "127.0.0.1", "::1") or urllib.request.proxy_bypass(host):
-        return None
-    proxies = urllib.request.getproxies_environment()
-    return proxies.get(parts.scheme) or proxies.get("all")
-
-
-def _aiohttp_session(concurrency: int) -> aiohttp.ClientSession:
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=30),
-        # Not trust_env: aiohttp would then read the proxy variables and ~/.netrc in a thread
-        # for every request (a third of the CPU here); ``env_proxy`` reads them once instead.
-        trust_env=False,
-    )
-    # aiohttp silently re-sends a GET once when a kept-alive connection drops.  Every call is
-    # billed and must pass the rate limiter, so retries are ours alone (no public switch exists;
-    # tests/test_runner.py's reset case fails if this stops working).
-    session._retry_connection = False
-    return session
-
-
 class ProfileClient:
-    """Fetches one profile per call; ``calls`` counts calls started (what is billed)."""
+    """Fetches one profile per call."""
 
     def __init__(
         self,
@@ -209,10 +147,9 @@ class ProfileClient:
         self._max_body_bytes = max_body_bytes
         self._total_timeout = total_timeout if total_timeout is not None else 2 * timeout
         self._version = endpoint_url.rstrip("/").rsplit("/", 1)[-1]
-        self.calls = 0
 
     def __repr__(self) -> str:
-        return f"ProfileClient(endpoint_url={self._url!r}, calls={self.calls})"
+        return f"ProfileClient(endpoint_url={self._url!r})"
 
     async def fetch(self, user_id: str) -> FetchedProfile:
         """One call for ``user_id``: a profile, or a ``FetchError``/``StopRun`` subclass."""
@@ -222,17 +159,8 @@ class ProfileClient:
                 code=CODE_INVALID_INPUT,
             )
         sent_at = await self._limiter.acquire()
-        self.calls += 1
         status, retry_after, body = await self._exchange(user_id)
-        parsed = _parse_json(body)
-        if isinstance(parsed, _TooDeep):
-            # The same answer would come back: record it rather than pay for it again.
-            raise PermanentError(
-                "the answer is JSON nested too deep to parse", code=CODE_NO_RESPONSE
-            )
-        if parsed is None:
-            raise self._non_json_error(status)
-        envelope, via_stdlib = parsed
+        envelope, via_stdlib = self._parse(body, status)
         code = _business_code(envelope.get("code")) if isinstance(envelope, dict) else None
         if code is None or not isinstance(envelope, dict):
             if status == 404:
@@ -240,7 +168,7 @@ class ProfileClient:
             raise TransientError("response has no business code", code=CODE_NO_RESPONSE)
         message = self._api_message(envelope.get("message"))
         if code == 302:
-            seconds = _parse_retry_after(retry_after)
+            seconds = retry_after_seconds(retry_after, cap=MAX_RETRY_AFTER)
             self._limiter.on_rate_limited(seconds, sent_at=sent_at)
             raise RateLimitedError(
                 _with(f"rate limited (code {code})", message), retry_after=seconds
@@ -250,6 +178,20 @@ class ProfileClient:
             return self._profile(user_id, envelope, via_stdlib)
         raise self._business_error(code, message)
 
+    def _parse(self, body: bytes, status: int) -> tuple[object, bool]:
+        failure: FetchError | EndpointGoneError
+        try:
+            # NaN and Infinity become null: raw_json must be JSON that any reader takes.
+            return loads(body, mark_big_ints=True, parse_constant=lambda _name: None)
+        except RecursionError:
+            # The same answer would come back: record it rather than pay for it again.
+            failure = PermanentError(
+                "the answer is JSON nested too deep to parse", code=CODE_NO_RESPONSE
+            )
+        except ValueError:
+            failure = self._non_json_error(status)
+        raise failure from None
+
     async def _exchange(self, user_id: str) -> tuple[int, str | None, bytes]:
         """Send the request; return (HTTP status, Retry-After header, body)."""
         failure: FetchError
@@ -258,18 +200,23 @@ class ProfileClient:
                 request = httpx.Request(
                     "GET",
                     self._url_prefix + user_id,
-                    headers=_REQUEST_HEADERS,
+                    headers=REQUEST_HEADERS,
                     extensions=self._extensions,
                 )
                 response = await self._transport.handle_async_request(request)
                 try:
-                    body = await self._read_capped(response)
+                    body = await read_capped(response, self._max_body_bytes)
                 finally:
                     await response.aclose()
+                if body is None:
+                    raise PermanentError(
+                        f"response body larger than {_size(self._max_body_bytes)}",
+                        code=CODE_NO_RESPONSE,
+                    )
                 log.debug("GET %s?userId=%s: HTTP %d", self._url, user_id, response.status_code)
                 return response.status_code, response.headers.get("retry-after"), body
         except httpx.TimeoutException as exc:
-            if _is_disguised_disconnect(exc):
+            if is_disguised_disconnect(exc):
                 failure = TransientError(
                     "connection closed by the API before a complete answer",
                     code=CODE_NO_RESPONSE,
@@ -286,23 +233,6 @@ class ProfileClient:
         # request hold the URL with the token) is neither __cause__ nor __context__.
         raise failure from None
 
-    async def _read_capped(self, response: httpx.Response) -> bytes:
-        too_large = PermanentError(
-            f"response body larger than {_size(self._max_body_bytes)}", code=CODE_NO_RESPONSE
-        )
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self._max_body_bytes:
-            raise too_large
-        chunks: list[bytes] = []
-        size = 0
-        # aiter_bytes decodes gzip/deflate, so the cap is on what would be held in memory.
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > self._max_body_bytes:
-                raise too_large
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     def _profile(
         self, user_id: str, envelope: dict[str, object], via_stdlib: bool
     ) -> FetchedProfile:
@@ -314,7 +244,7 @@ class ProfileClient:
                 raise PermanentError(f"no profile in the answer: {reason}", code=CODE_UNAVAILABLE)
             userid = data.get("userid")
             if isinstance(userid, str) and userid.strip():
-                serialized = _serialize(data, via_stdlib)
+                serialized = dumps(data, via_stdlib=via_stdlib)
                 if serialized is None:
                     raise PermanentError(
                         "the profile is nested too deep to store", code=CODE_NO_RESPONSE
@@ -336,25 +266,8 @@ class ProfileClient:
             return TransientError(
                 _with(f"{_TRANSIENT_CODES[code]} (code {code})", message), code=code
             )
-        if code == 100:
-            return AccountError(
-                code, "token invalid or inactive (code 100): check JUSTONEAPI_TOKEN"
-            )
-        if code == 303:
-            return AccountError(
-                code,
-                "daily quota exceeded (code 303): rerun after the quota resets; progress is kept",
-            )
-        if code == 600:
-            return AccountError(
-                code,
-                f"permission denied (code 600): this token may not call get-user/{self._version}",
-            )
-        if code == 601:
-            return AccountError(
-                code,
-                "insufficient balance (code 601): top up the account, then rerun; progress is kept",
-            )
+        if code in _ACCOUNT_CODES:
+            return AccountError(code, _ACCOUNT_CODES[code].format(version=self._version))
         if code == 400:
             return PermanentError(message or "invalid parameters", code=400)
         if code == 404:
@@ -383,11 +296,7 @@ class ProfileClient:
         """The API's own text, safe to echo: one line, at most 200 characters, no token."""
         if not isinstance(value, str):
             return ""
-        text = " ".join(value.split())
-        secret = self._token.reveal()
-        if secret:
-            text = text.replace(secret, "***")
-        text = redact(text)
+        text = mask(" ".join(value.split()), self._token.reveal())
         if len(text) > MAX_API_MESSAGE:
             text = text[: MAX_API_MESSAGE - 1] + "…"
         return text
@@ -412,149 +321,24 @@ class ProfileClient:
             (httpx.ProxyError, "proxy error"),
             (httpx.DecodingError, "could not decode the compressed body"),
         )
-        if isinstance(exc.__cause__, aiohttp.ClientPayloadError):
+        if is_cut_off_body(exc):
             # aiohttp's text for a cut-off body is long and quotes a status that looks like a code.
             return "connection closed mid-answer (truncated or malformed)"
         what = next((text for cls, text in kinds if isinstance(exc, cls)), "transport error")
-        detail = " ".join(str(exc).split())
-        secret = self._token.reveal()
-        if secret:
-            detail = detail.replace(secret, "***")
-        detail = _URL_IN_TEXT.sub("<url>", redact(detail))[:120]
+        detail = mask(" ".join(str(exc).split()), self._token.reveal())
+        detail = _URL_IN_TEXT.sub("<url>", detail)[:120]
         return f"{what}: {detail}" if detail else what
-
-
-def _is_disguised_disconnect(exc: httpx.TimeoutException) -> bool:
-    """httpx-aiohttp maps every aiohttp connection error, resets included, to ConnectTimeout."""
-    cause = exc.__cause__
-    return isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
-        cause, aiohttp.ServerTimeoutError | aiohttp.ConnectionTimeoutError
-    )
-
-
-def backoff_delay(
-    attempt: int, *, base: float = 0.5, cap: float = 30.0, rng: Callable[[], float] = random.random
-) -> float:
-    """Exponential back-off with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))).
-
-    A 0.5 s base: the vendor's own advice for 301 is "please retry", and the retry waits in the
-    fetcher's heap, so a short wait costs no slot while a long one holds up the run's end.
-    """
-    exponent = min(max(attempt, 1) - 1, 64)  # no float overflow however many attempts
-    return rng() * min(cap, base * 2.0**exponent)
-
-
-def redact(text: str) -> str:
-    """Replace ``token=<value>`` (up to ``&``, whitespace or a quote) with ``token=***``."""
-    return _TOKEN_IN_TEXT.sub(r"\1***", text)
-
-
-class _RedactTokenFilter(logging.Filter):
-    """Rewrites the formatted message before any handler sees the record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except (TypeError, ValueError):
-            return True  # a malformed record: logging reports it; nothing to redact reliably
-        redacted = redact(message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        return True
-
-
-def install_log_redaction() -> None:
-    """Mask the token in httpx's and httpcore's log records (idempotent).
-
-    A logger's filters only see records created on that logger, not its children's, so each
-    httpcore child logger gets the filter too.
-    """
-    for name in _REDACTED_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _RedactTokenFilter) for f in logger.filters):
-            logger.addFilter(_RedactTokenFilter())
-
-
-class _TooDeep:
-    """``_parse_json``'s answer for valid-looking JSON nested past what a parser can follow."""
-
-
-_TOO_DEEP: Final = _TooDeep()
-# Integers too long for an int64 are kept as their digits behind this marker, and written back
-# as bare numbers by ``_serialize``, so raw_json stays what the API sent.
-_BIG_INT_MARK: Final = "\x00bigint:"
-_BIG_INT_IN_JSON: Final = re.compile(r'"\\u0000bigint:(-?[0-9]+)"')
-
-
-def _parse_json(body: bytes) -> tuple[object, bool] | _TooDeep | None:
-    """(value, parsed by the stdlib fallback), ``_TOO_DEEP``, or None when not usable JSON."""
-    if not LONG_DIGIT_RUN.search(body):
-        try:
-            return orjson.loads(body), False
-        except orjson.JSONDecodeError:
-            pass
-    try:
-        return json.loads(body, parse_int=_int_or_digits, parse_constant=_no_constant), True
-    except RecursionError:
-        return _TOO_DEEP
-    except ValueError:
-        return None
-
-
-def _int_or_digits(text: str) -> int | str:
-    # Over 18 digits an int may exceed int64 (and past 4300 Python refuses to convert it).
-    return _BIG_INT_MARK + text if len(text.lstrip("-")) > 18 else int(text)
-
-
-def _no_constant(_name: str) -> None:
-    return None
-
-
-def _serialize(data: dict[str, object], via_stdlib: bool) -> bytes | None:
-    if not via_stdlib:
-        try:
-            return orjson.dumps(data)
-        except orjson.JSONEncodeError:
-            pass  # deeper than orjson writes (254 levels): the stdlib may still manage
-    try:
-        try:
-            text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-            return _BIG_INT_IN_JSON.sub(r"\1", text).encode()
-        except UnicodeEncodeError:
-            # A lone surrogate ("\ud800") cannot be UTF-8: keep it escaped instead.
-            return _BIG_INT_IN_JSON.sub(r"\1", json.dumps(data, separators=(",", ":"))).encode()
-    except (ValueError, RecursionError):
-        return None
 
 
 def _business_code(code: object) -> int | None:
     if isinstance(code, bool):
         return None
     if isinstance(code, int):
-        return code
+        # The state keeps a code as a SQLite INTEGER, which is an Int64.
+        return code if -(2**63) <= code < 2**63 else None
     if isinstance(code, str) and _NUMERIC_CODE.fullmatch(code.strip()):
         return int(code.strip())
     return None
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), capped."""
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def _with(summary: str, message: str) -> str:

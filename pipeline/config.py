@@ -30,6 +30,11 @@ BASE_URL_ENV: Final = "JUSTONEAPI_BASE_URL"
 ApiVersion = Literal["v4", "v3"]
 API_VERSIONS: Final[tuple[ApiVersion, ...]] = ("v4", "v3")
 ID_PATTERN: Final = re.compile(r"[0-9a-f]{24}")
+# A retry waits uniform in [0, min(cap, base * 2**(attempt-1))) seconds.  A 0.5 s base: the
+# vendor's own advice for 301 is "please retry", and the retry waits in the fetcher's heap, so
+# a short wait costs no slot while a long one holds up the run's end.
+DEFAULT_BACKOFF_BASE: Final = 0.5
+DEFAULT_BACKOFF_CAP: Final = 30.0
 
 
 def _installed_version() -> str:
@@ -84,6 +89,8 @@ class RunConfig:
     concurrency: int = 16
     rate: float | None = None  # requests per second across all workers; None: no cap given
     max_attempts: int = 5
+    backoff_base: float = DEFAULT_BACKOFF_BASE  # seconds; no CLI option sets these two
+    backoff_cap: float = DEFAULT_BACKOFF_CAP
     timeout: float = 60.0  # seconds; the vendor advises at least 60
     max_calls: int | None = None
     dry_run: bool = False
@@ -104,8 +111,9 @@ class RunConfig:
             raise UsageError(
                 f"--rate must be a positive number of requests per second, got {self.rate}"
             )
-        if not self.timeout > 0:
-            raise UsageError(f"--timeout must be a positive number of seconds, got {self.timeout}")
+        _positive_seconds("--timeout", self.timeout)
+        _positive_seconds("backoff_base", self.backoff_base)
+        _positive_seconds("backoff_cap", self.backoff_cap)
         if not self.token:
             raise UsageError(f"no API token: set {TOKEN_ENV} (or pass --token)")
 
@@ -117,6 +125,11 @@ class RunConfig:
 def _at_least(option: str, value: int, minimum: int) -> None:
     if value < minimum:
         raise UsageError(f"{option} must be at least {minimum}, got {value}")
+
+
+def _positive_seconds(option: str, value: float) -> None:
+    if not value > 0:
+        raise UsageError(f"{option} must be a positive number of seconds, got {value}")
 
 
 def validate_base_url(url: str) -> str:

@@ -8,8 +8,9 @@ Rules:
 3. Outcomes are recorded in the ledger (the SQLite state) the moment they arrive; a success is
    committed before it counts as done, so a kill loses at most the calls in flight.
 4. 302 costs the id no attempt (the limiter slows everyone down); 301/500/503/transport faults
-   cost one and come back after ``backoff_delay``; when attempts run out the id is failed as
-   retryable (a rerun tries it again); permanent errors fail it for good.
+   cost one and come back after ``backoff_delay`` (full jitter; base and cap from ``RunConfig``);
+   when attempts run out the id is failed as retryable (a rerun tries it again); permanent
+   errors fail it for good.
 5. An account-level error (or a gone endpoint) stops dispatching at once; the calls already in
    flight finish and are recorded; the error is raised after they have.  ``max_calls`` and a
    stop request (SIGINT/SIGTERM) stop dispatching the same way.
@@ -21,12 +22,14 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pipeline.client import ProfileClient, backoff_delay
+from pipeline.client import ProfileClient
+from pipeline.config import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
 from pipeline.crashpoints import crash_point
 from pipeline.errors import (
     CallBudgetExhausted,
@@ -36,6 +39,18 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.records import FetchedProfile, Tally
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float = DEFAULT_BACKOFF_BASE,
+    cap: float = DEFAULT_BACKOFF_CAP,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Exponential back-off with full jitter: uniform in [0, min(cap, base * 2**(attempt-1)))."""
+    exponent = min(max(attempt, 1) - 1, 64)  # no float overflow however many attempts
+    return rng() * min(cap, base * 2.0**exponent)
 
 
 class PendingLike(Protocol):
@@ -84,7 +99,7 @@ class Fetcher:
         on_success: Callable[[], None] = lambda: None,
         on_progress: Callable[[Tally], None] = lambda _t: None,
         rate: Callable[[], float | None] = lambda: None,
-        backoff: Callable[[int], float] | None = None,
+        backoff: Callable[[int], float] = backoff_delay,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
@@ -95,7 +110,7 @@ class Fetcher:
         self._on_success = on_success
         self._on_progress = on_progress
         self._rate = rate
-        self._backoff = backoff or backoff_delay
+        self._backoff = backoff
         self._clock = clock
         self._heap: list[_Retry] = []
         self._seq = itertools.count()

@@ -18,19 +18,18 @@ text.  A tag or interaction entry that is not an object is kept as None, so posi
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, Final
 
 import msgspec
-import orjson
+
+from pipeline.jsonparse import Json, loads
 
 __all__ = [
     "INT64_MAX",
     "INT64_MIN",
-    "LONG_DIGIT_RUN",
     "DescInfo",
     "Interaction",
     "Level",
@@ -62,12 +61,7 @@ _DECIMAL_TEXT: Final = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?", re.ASCII)
 # Longer strings cannot be a count that fits Int64 (and int() on them could be slow or refuse).
 _MAX_COUNT_TEXT: Final = 40
 
-# A JSON number of 19+ digits (it follows ':', ',' or '['); digits inside strings, such as
-# all-digit ids in URLs, do not send a body down the slow path.
-LONG_DIGIT_RUN: Final = re.compile(rb"[:,\[]\s*-?[0-9]{19}")
-
 Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
-Json = Any  # a parsed JSON value: dict, list, str, int, float, bool or None
 TextOf = Callable[[object], str | None]
 
 
@@ -144,11 +138,9 @@ def read_typed(data: bytes) -> ProfileData | None:
 def read_tolerant(data: bytes) -> ProfileData | None:
     """``data`` read field by field with the conversion rules; None when it is not a JSON object.
 
-    orjson first.  When it refuses (nesting deeper than its limit, NaN, lone surrogates), or
-    the body holds a number of 19 digits or more (orjson turns integers beyond 64 bits into
-    floats, losing digits), the stdlib parser reads it, leaving integers of more than 19
-    digits as their text (Python refuses to convert more than 4300 digits), and lone surrogates
-    in the strings kept become U+FFFD.
+    ``pipeline.jsonparse.loads`` parses it: orjson, else the stdlib parser, which leaves
+    integers of more than ``MAX_INT_DIGITS`` digits as their text.  Lone surrogates in the
+    strings the stdlib parser kept become U+FFFD.
     """
     parsed = _parse(data)
     if parsed is None or type(parsed[0]) is not dict:
@@ -198,15 +190,11 @@ def read_tolerant(data: bytes) -> ProfileData | None:
 
 def _parse(data: bytes) -> tuple[Json, TextOf] | None:
     """The parsed body and the text converter its strings need; None when it is not JSON."""
-    if not LONG_DIGIT_RUN.search(data):
-        try:
-            return orjson.loads(data), as_text
-        except orjson.JSONDecodeError:
-            pass
     try:
-        return json.loads(data, parse_int=_int_or_digits), _clean_text
+        doc, via_stdlib = loads(data)
     except (ValueError, RecursionError):
         return None
+    return doc, _clean_text if via_stdlib else as_text
 
 
 def _entries(value: Json, read: Callable[[dict[str, Json]], Any]) -> list[Any] | None:
@@ -234,12 +222,6 @@ def _interaction(entry: dict[str, Json], text_of: TextOf) -> Interaction:
         is_private=as_bool(entry.get("is_private")),
         toast=text_of(entry.get("toast")),
     )
-
-
-def _int_or_digits(literal: str) -> int | str:
-    # Python refuses int() on more than 4300 digits, and no Int64 has more than 19: longer
-    # literals stay text.  Up to 19 digits (sign apart) they are ints, as the typed reader has them.
-    return int(literal) if len(literal.lstrip("-")) <= 19 else literal
 
 
 def parse_count(value: object) -> int | None:

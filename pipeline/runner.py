@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import secrets
 import signal
@@ -28,16 +29,17 @@ from pathlib import Path
 import httpx
 
 from pipeline import sink
-from pipeline.client import ProfileClient, env_proxy, install_log_redaction, make_transport
+from pipeline.client import ProfileClient
 from pipeline.config import TOOL_VERSION, RunConfig
 from pipeline.crashpoints import crash_point
 from pipeline.errors import UsageError
-from pipeline.fetcher import Fetcher, FetchOutcome
+from pipeline.fetcher import Fetcher, FetchOutcome, backoff_delay
 from pipeline.flatten import flatten
 from pipeline.ids import IdFile, open_id_file
 from pipeline.progress import NoProgress, Progress
 from pipeline.ratelimit import RateController
 from pipeline.records import Tally
+from pipeline.redaction import install_log_redaction
 from pipeline.run_report import (
     IngestCounts,
     InputSummary,
@@ -50,6 +52,7 @@ from pipeline.run_report import (
 from pipeline.schema import TABLES
 from pipeline.state import State
 from pipeline.timestamps import utcnow
+from pipeline.transport import env_proxy, make_transport
 
 
 def run(
@@ -173,6 +176,9 @@ async def _fetch(
             on_success=on_success,
             on_progress=progress.update,
             rate=lambda: limiter.rate,
+            backoff=functools.partial(
+                backoff_delay, base=config.backoff_base, cap=config.backoff_cap
+            ),
         )
         progress.start(pending)
         with _stop_on_signals(fetcher.request_stop):

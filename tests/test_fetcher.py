@@ -17,7 +17,7 @@ from pipeline.errors import (
     StorageError,
     TransientError,
 )
-from pipeline.fetcher import Fetcher
+from pipeline.fetcher import Fetcher, backoff_delay
 from pipeline.records import FetchedProfile
 
 
@@ -203,3 +203,20 @@ async def test_request_stop_finishes_in_flight_calls_and_dispatches_no_more() ->
     outcome = await task
     assert outcome.interrupted
     assert len(ledger.successes) == sum(client.calls.values()) < 100
+
+
+@pytest.mark.parametrize(
+    ("attempt", "expected"),
+    [(1, 0.5), (2, 1.0), (3, 2.0), (6, 16.0), (7, 30.0), (10_000, 30.0), (0, 0.5)],
+)
+def test_backoff_is_exponential_and_capped(attempt: int, expected: float) -> None:
+    assert backoff_delay(attempt, rng=lambda: 1.0) == expected
+
+
+def test_backoff_uses_full_jitter() -> None:
+    assert backoff_delay(4, rng=lambda: 0.25) == 1.0
+    assert backoff_delay(4, rng=lambda: 0.0) == 0.0
+    assert backoff_delay(3, base=0.5, cap=1.5, rng=lambda: 1.0) == 1.5
+    delays = {backoff_delay(5) for _ in range(50)}
+    assert all(0 <= d < 8 for d in delays)
+    assert len(delays) > 1

@@ -2,8 +2,8 @@
 token that never leaks.
 
 Every test drives ``xhs-profiles run`` as a user would: ``click.testing.CliRunner`` on
-``pipeline.cli.cli`` with ``obj=Seams()`` (in-process, so a test can monkeypatch a failing disk
-or capture log records), or a subprocess where real stderr and process-wide logging matter.  It
+``pipeline.cli.cli`` with ``obj=FAST_BACKOFF`` (in-process, so a test can monkeypatch a failing
+disk or capture log records), or a subprocess where real stderr and process-wide logging matter.  It
 checks what the user sees: the exit code, the exact one-line message on stderr (never a
 traceback), failures.csv's rows and the tables written.  ``tests/test_runner.py`` covers the same
 faults at the runner level; this file does not repeat its checks.
@@ -35,7 +35,6 @@ import pipeline.runner
 import pipeline.state
 from pipeline.cli import Seams, cli
 from pipeline.config import RunConfig, Secret
-from pipeline.fetcher import Fetcher
 from pipeline.sandbox import Sandbox, build_profile, display_count
 from tests.helpers import make_id, write_ids
 
@@ -43,18 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 SNAPSHOT = "2026-11-28"
 SandboxFactory = Callable[..., Sandbox]
 PROFILE_COLUMNS_FROM_DATA = ("fans", "follows", "level", "liked", "collected", "notes_posted")
-
-
-@pytest.fixture(autouse=True)
-def _fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries wait milliseconds, not seconds.
-
-    ``Fetcher``'s ``backoff`` default is bound when the module is imported, so patching
-    ``pipeline.fetcher.backoff_delay`` would not reach it; the default itself is replaced.
-    """
-    defaults = Fetcher.__init__.__kwdefaults__
-    assert defaults is not None and "backoff" in defaults
-    monkeypatch.setitem(defaults, "backoff", lambda attempt: 0.005 * attempt)
+# Retries wait milliseconds, not seconds (no CLI option sets the back-off: the seam does).
+FAST_BACKOFF = Seams(config_overrides={"backoff_base": 0.005, "backoff_cap": 0.05})
 
 
 def invoke(
@@ -67,7 +56,7 @@ def invoke(
         "XHS_PROFILES_CRASH_AT": None,
         **env,
     }
-    return CliRunner().invoke(cli, ["run", *args], obj=Seams(), env=environment)
+    return CliRunner().invoke(cli, ["run", *args], obj=FAST_BACKOFF, env=environment)
 
 
 def run_args(csv_path: Path, out: Path, base_url: str, *extra: str) -> list[str]:

@@ -30,17 +30,12 @@ def config_for(base_url: str, ids_csv: Path, out: Path, **overrides: Any) -> Run
         "concurrency": 8,
         "max_attempts": 3,
         "timeout": 5.0,
+        # Back-off waits of a few ms, so retry paths run in test time.
+        "backoff_base": 0.01,
+        "backoff_cap": 0.05,
     }
     options.update(overrides)
     return RunConfig(**options)
-
-
-@pytest.fixture(autouse=True)
-def _fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Back-off waits of a few ms, so retry paths run in test time."""
-    import pipeline.fetcher as fetcher
-
-    monkeypatch.setattr(fetcher, "backoff_delay", lambda attempt, **_: 0.01 * attempt)
 
 
 def test_a_full_run_puts_every_valid_id_in_exactly_one_place(sandbox, tmp_path: Path) -> None:
