@@ -386,7 +386,7 @@ def flatten_and_write(s: Settings) -> list[Measure]:
     def naive(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         for k, batch in enumerate(batches):
-            rows = [orjson.loads(p.data) for p in batch]
+            rows = [orjson.loads(p.data_json) for p in batch]
             frame = pl.DataFrame(rows, infer_schema_length=None)
             frame.write_parquet(out / f"part-{k}.parquet")
 
@@ -394,7 +394,7 @@ def flatten_and_write(s: Settings) -> list[Measure]:
     def read_only(out: Path) -> None:
         for batch in batches:
             for p in batch:
-                read_typed(p.data)
+                read_typed(p.data_json)
 
     def flatten_only(out: Path) -> None:
         for batch in batches:

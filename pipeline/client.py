@@ -56,7 +56,7 @@ Rules:
   characters, masked by ``pipeline.redaction.mask``.
 - Bodies are parsed by ``pipeline.jsonparse`` (orjson, else the stdlib parser, keeping every
   digit of big integers), with NaN/Infinity as null.
-- ``FetchedProfile.data`` is the ``data`` object re-serialized compactly as UTF-8 JSON
+- ``FetchedProfile.data_json`` is the ``data`` object re-serialized compactly as UTF-8 JSON
   (``jsonparse.dumps``): what the API sent, digit for digit.
 """
 
@@ -252,7 +252,7 @@ class ProfileClient:
                 request_id = envelope.get("requestId")
                 return FetchedProfile(
                     user_id=user_id,
-                    data=serialized,
+                    data_json=serialized,
                     request_id=request_id if isinstance(request_id, str) else None,
                     fetched_at=dt.datetime.now(dt.UTC),
                 )

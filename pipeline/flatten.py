@@ -108,7 +108,7 @@ class Tables(Mapping[str, pl.DataFrame]):
 
 def flatten(profiles: Sequence[FetchedProfile]) -> Tables:
     """Turn stored responses into the three tables (rules in the module docstring)."""
-    raw_json, all_utf8 = _raw_json([p.data for p in profiles])
+    raw_json, all_utf8 = _raw_json([p.data_json for p in profiles])
     rows = _Columns(len(_ROW_COLUMNS))
     tags = _Columns(len(PROFILE_TAGS.columns))
     interactions = _Columns(len(PROFILE_INTERACTIONS.columns))
@@ -117,9 +117,9 @@ def flatten(profiles: Sequence[FetchedProfile]) -> Tables:
     unreadable: list[bool] = []
     for profile in profiles:
         # read_typed skips text it does not keep unchecked: only on a batch known to be UTF-8.
-        data = read_typed(profile.data) if all_utf8 else None
+        data = read_typed(profile.data_json) if all_utf8 else None
         if data is None:
-            data = read_tolerant(profile.data)
+            data = read_tolerant(profile.data_json)
         unreadable.append(data is None)
         rows.pending.append(
             _profile_row(

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 class FetchedProfile:
     """One successful response, as stored in the state and fed to ``flatten``.
 
-    ``data`` is the envelope's ``data`` object serialized as compact UTF-8 JSON; it is what
+    ``data_json`` is the envelope's ``data`` object serialized as compact UTF-8 JSON; it is what
     ``raw_json`` holds, so nothing the API sent about the user is lost.
     """
 
     user_id: str
-    data: bytes
+    data_json: bytes
     request_id: str | None
     fetched_at: dt.datetime  # aware, UTC
 

@@ -313,7 +313,7 @@ class State:
                 conn.execute(
                     "INSERT OR REPLACE INTO responses (user_id, data, request_id, fetched_at) "
                     "VALUES (?, ?, ?, ?)",
-                    (profile.user_id, profile.data, profile.request_id, fetched_us),
+                    (profile.user_id, profile.data_json, profile.request_id, fetched_us),
                 )
 
     def record_retry(self, user_id: str, attempts: int, code: int | None, message: str) -> None:

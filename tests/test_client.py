@@ -161,8 +161,8 @@ async def test_golden_sample_becomes_a_profile_whose_data_equals_the_samples(sam
     profile, outcome = await fetch_ok(reply(raw))
     expected = json.loads(raw)["data"]
     assert profile.user_id == USER
-    assert orjson.loads(profile.data) == expected
-    assert profile.data == orjson.dumps(expected)
+    assert orjson.loads(profile.data_json) == expected
+    assert profile.data_json == orjson.dumps(expected)
     assert profile.request_id is None
     assert profile.fetched_at.tzinfo is dt.UTC
     assert abs((dt.datetime.now(dt.UTC) - profile.fetched_at).total_seconds()) < 5
@@ -282,7 +282,7 @@ async def test_account_error_for_v3_names_v3() -> None:
 @pytest.mark.parametrize("code", [0, "0", " 0 "])
 async def test_code_zero_as_int_or_numeric_string_is_success(code: Any) -> None:
     profile, _ = await fetch_ok(reply(envelope(code, data=profile_data())))
-    assert orjson.loads(profile.data)["userid"] == USER
+    assert orjson.loads(profile.data_json)["userid"] == USER
 
 
 @pytest.mark.parametrize(
@@ -453,7 +453,7 @@ async def test_json_nested_beyond_any_parser_is_a_permanent_failure_not_a_crash(
 async def test_nan_and_infinity_become_null() -> None:
     body = b'{"code":0,"data":{"userid":"' + USER.encode() + b'","a":NaN,"b":-Infinity}}'
     profile, _ = await fetch_ok(reply(body))
-    assert json.loads(profile.data) == {"userid": USER, "a": None, "b": None}
+    assert json.loads(profile.data_json) == {"userid": USER, "a": None, "b": None}
 
 
 async def test_a_profile_no_serializer_can_write_fails_permanently(

@@ -147,7 +147,7 @@ def test_golden_profile_row_has_every_column_exactly(
 ) -> None:
     fetched = profile(golden_data(name), user_id=user_id)
     actual = only_row(flatten([fetched]))
-    expected = {**row, "raw_json": fetched.data.decode()}
+    expected = {**row, "raw_json": fetched.data_json.decode()}
     assert list(actual) == PROFILES.column_names
     assert actual == expected
 
@@ -468,7 +468,7 @@ def test_invalid_utf8_gives_a_row_and_raw_json_with_replacement_characters() -> 
     assert tables["profiles"].row(0, named=True) == unreadable_row(
         USER_ID, '{"nickname": "\ufffd\ufffd"}'
     )
-    assert tables["profiles"]["raw_json"][1] == profile(golden_data(SEED)).data.decode()
+    assert tables["profiles"]["raw_json"][1] == profile(golden_data(SEED)).data_json.decode()
     assert tables["profiles"]["fans"].to_list() == [None, 8456]
 
 
@@ -656,7 +656,7 @@ def test_large_batches_keep_every_row_aligned_across_internal_chunks() -> None:
         ]
         * 250
     )
-    assert tables["profiles"]["raw_json"].to_list() == [p.data.decode() for p in batch]
+    assert tables["profiles"]["raw_json"].to_list() == [p.data_json.decode() for p in batch]
     tags = tables["profile_tags"].group_by("user_id", maintain_order=True).len()
     assert tags.rows() == [(f"{i:024x}", 4 if i % 4 == 0 else 1) for i in range(1000) if i % 4 < 2]
     interactions = tables["profile_interactions"].group_by("user_id", maintain_order=True).len()
@@ -813,7 +813,7 @@ def test_any_profile_shape_flattens_with_declared_schemas(batch: Sequence[object
     tables = flatten(fetched)
     assert_declared_schemas(tables)
     assert tables["profiles"]["user_id"].to_list() == user_ids
-    assert tables["profiles"]["raw_json"].to_list() == [f.data.decode() for f in fetched]
+    assert tables["profiles"]["raw_json"].to_list() == [f.data_json.decode() for f in fetched]
     expected_tags = [
         (uid, i) for uid, d in zip(user_ids, batch, strict=True) for i in object_entries(d, "tags")
     ]
