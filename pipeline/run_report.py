@@ -1,12 +1,14 @@
 """What one run did, as a frozen typed record: the CLI's closing lines and ``_runs/*.json`` (and
 the manifest's ``summary``) are both rendered from it, so they can never disagree.
 
-``RunReport.to_json`` gives the summary file's object, key for key in a fixed order; a reader
-of ``_runs/*.json`` relies on those names, so they are a public contract like the columns.
+``RunReport.to_json`` gives the summary file's object, key for key in a fixed order (the field
+order of the records below); readers of ``_runs/*.json`` rely on those names, so they are a
+public contract like the columns.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,7 +50,7 @@ class InputSummary:
             "ingested": self.counts is not None,
         }
         if self.counts is not None:
-            info.update(self.counts.to_json())
+            info.update(dataclasses.asdict(self.counts))
         return info
 
 
@@ -60,16 +62,6 @@ class IngestCounts:
     duplicates: int  # valid cells repeating an id seen earlier in the same input
     new: int  # ids the state did not know
     blank_cells: int
-
-    def to_json(self) -> dict[str, int]:
-        return {
-            "rows": self.rows,
-            "valid": self.valid,
-            "invalid": self.invalid,
-            "duplicates": self.duplicates,
-            "new": self.new,
-            "blank_cells": self.blank_cells,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +77,6 @@ class RequestCounts:
     @classmethod
     def of(cls, tally: Tally) -> RequestCounts:
         return cls(tally.calls, tally.fetched, tally.failed, tally.retried, tally.rate_limited)
-
-    def to_json(self) -> dict[str, int]:
-        return {
-            "calls": self.calls,
-            "fetched": self.fetched,
-            "failed": self.failed,
-            "retried": self.retried,
-            "rate_limited": self.rate_limited,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +173,7 @@ class RunReport:
             "outcome": str(self.outcome),
             "complete": self.complete,
             "stopped_by": _describe(self.stopped_by),
-            "requests": self.requests.to_json(),
+            "requests": dataclasses.asdict(self.requests),
             "rate_control": dict(self.rate_control),
             "snapshot": self.snapshot.to_json(),
             "files": {name: list(paths) for name, paths in self.files.items()},
