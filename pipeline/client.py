@@ -63,7 +63,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import re
 from typing import Final
@@ -87,6 +86,7 @@ from pipeline.jsonparse import dumps, loads
 from pipeline.ratelimit import RateController
 from pipeline.records import FetchedProfile
 from pipeline.redaction import mask
+from pipeline.timestamps import utcnow
 from pipeline.transport import (
     REQUEST_HEADERS,
     is_cut_off_body,
@@ -254,7 +254,7 @@ class ProfileClient:
                     user_id=user_id,
                     data_json=serialized,
                     request_id=request_id if isinstance(request_id, str) else None,
-                    fetched_at=dt.datetime.now(dt.UTC),
+                    fetched_at=utcnow(),
                 )
         raise PermanentError(
             "no profile in the answer (data empty: the account may be deleted, banned or private)",

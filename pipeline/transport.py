@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import importlib.metadata
 import math
 import urllib.request
 from typing import Final
@@ -29,15 +28,9 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from pipeline.config import TOOL_VERSION
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("xhs-profiles")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-USER_AGENT: Final = f"xhs-profiles/{_version()}"
+USER_AGENT: Final = f"xhs-profiles/{TOOL_VERSION}"
 REQUEST_HEADERS: Final = (
     ("User-Agent", USER_AGENT),
     ("Accept", "application/json"),
