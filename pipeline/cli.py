@@ -34,6 +34,7 @@ from pipeline.config import (
 from pipeline.errors import (
     EXIT_CODES,
     EXIT_UNEXPECTED,
+    FailureThresholdExceeded,
     Interrupted,
     SandboxOptionError,
     UsageError,
@@ -214,6 +215,20 @@ def cli() -> None:
     default=None,
     help="Stop cleanly after this many calls (each is billed); exit 4.",
 )
+@click.option(
+    "--max-failure-rate",
+    type=click.FloatRange(min=0, max=1),
+    default=None,
+    metavar="FRACTION",
+    help="Exit 6 when a completed snapshot has more failed ids than this share (all is written).",
+)
+@click.option(
+    "--max-failures",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Exit 6 when a completed snapshot has more than N failed ids (all is written).",
+)
 @click.option("--dry-run", is_flag=True, help="Print how many calls the run would make; make none.")
 @click.option(
     "--batch-rows",
@@ -256,6 +271,8 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
         raise report.stopped_by
     if report.interrupted:
         raise Interrupted()
+    if report.failure_check is not None and report.failure_check.exceeded:
+        raise FailureThresholdExceeded(report.failure_check.message())
 
 
 def _run(config: RunConfig, seams: Seams, show_progress: bool) -> RunReport:
@@ -287,6 +304,8 @@ def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
         max_attempts=options["max_attempts"],
         timeout=options["timeout"],
         max_calls=options["max_calls"],
+        max_failure_rate=options["max_failure_rate"],
+        max_failures=options["max_failures"],
         dry_run=options["dry_run"],
         batch_rows=options["batch_rows"],
         sandbox=sandbox,

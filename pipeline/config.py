@@ -93,6 +93,10 @@ class RunConfig:
     backoff_cap: float = DEFAULT_BACKOFF_CAP
     timeout: float = 60.0  # seconds; the vendor advises at least 60
     max_calls: int | None = None
+    # A completed snapshot with more failed ids than these (over its valid ids) ends the run
+    # with exit 6, after everything is written.
+    max_failure_rate: float | None = None
+    max_failures: int | None = None
     dry_run: bool = False
     batch_rows: int = 2000  # profiles per Parquet part; 5,000 cost 60 MB more peak memory
     max_body_bytes: int = 5 * 1024 * 1024
@@ -107,6 +111,12 @@ class RunConfig:
         _at_least("--batch-rows", self.batch_rows, 1)
         if self.max_calls is not None:
             _at_least("--max-calls", self.max_calls, 0)
+        if self.max_failures is not None:
+            _at_least("--max-failures", self.max_failures, 0)
+        if self.max_failure_rate is not None and not 0 <= self.max_failure_rate <= 1:
+            raise UsageError(
+                f"--max-failure-rate must be a fraction from 0 to 1, got {self.max_failure_rate}"
+            )
         if self.rate is not None and not self.rate > 0:
             raise UsageError(
                 f"--rate must be a positive number of requests per second, got {self.rate}"

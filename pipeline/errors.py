@@ -22,6 +22,10 @@ Hierarchy::
     │   ├── EndpointGoneError           exit 3: the endpoint answers 404 (try --api-version v3)
     │   └── CallBudgetExhausted         exit 4: --max-calls reached
     ├── Interrupted                     exit 130: SIGINT/SIGTERM, after the calls in flight
+    ├── CheckFailed                     a verdict on a dataset (the run or ``status --check``)
+    │   ├── FailureThresholdExceeded    exit 6: more failures than --max-failure-rate/--max-failures
+    │   ├── StaleSnapshot               exit 7: the newest complete snapshot is older than --max-age
+    │   └── IncompleteSnapshot          exit 8: the expected snapshot is not complete
     ├── StorageError                    exit 5: output or state could not be written (disk full,
     │                                   permissions); progress kept
     └── FetchError                      about one call for one id; never reaches the CLI
@@ -43,6 +47,9 @@ EXIT_USAGE: Final = 2
 EXIT_STOPPED: Final = 3
 EXIT_BUDGET: Final = 4
 EXIT_STORAGE: Final = 5
+EXIT_FAILURES: Final = 6
+EXIT_STALE: Final = 7
+EXIT_INCOMPLETE: Final = 8
 EXIT_INTERRUPTED: Final = 130
 
 # What each exit code means, for ``--help`` and the README (a test holds the README to it).
@@ -56,6 +63,10 @@ EXIT_CODES: Final = {
     EXIT_BUDGET: "--max-calls reached; progress kept, rerun to go on",
     EXIT_STORAGE: "output or state could not be written (disk full, I/O error); progress kept, "
     "free space and rerun",
+    EXIT_FAILURES: "completed, but more ids failed than --max-failure-rate or --max-failures "
+    "allow; everything is written (status --check: the snapshot's failures are over it)",
+    EXIT_STALE: "status --check: no complete snapshot newer than --max-age",
+    EXIT_INCOMPLETE: "status --check: the expected snapshot is not complete",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C / SIGTERM) after finishing the calls in flight",
 }
 
@@ -152,6 +163,22 @@ class Interrupted(XhsProfilesError):
         self, message: str = "interrupted; progress kept, rerun the same command to resume"
     ) -> None:
         super().__init__(message)
+
+
+class CheckFailed(XhsProfilesError):
+    """A dataset failed a check a scheduler asked for; nothing is wrong with the tool."""
+
+
+class FailureThresholdExceeded(CheckFailed):
+    exit_code = EXIT_FAILURES
+
+
+class StaleSnapshot(CheckFailed):
+    exit_code = EXIT_STALE
+
+
+class IncompleteSnapshot(CheckFailed):
+    exit_code = EXIT_INCOMPLETE
 
 
 class StorageError(XhsProfilesError):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import RunConfig
-from pipeline.errors import StopRun
+from pipeline.errors import FailureThresholdExceeded, Interrupted, StopRun
 from pipeline.records import Tally
 from pipeline.timestamps import iso_utc
 
@@ -89,11 +89,22 @@ class SnapshotCounts:
     failed: int = 0
     rejected: int = 0  # input cells that are not ids
     failures_by_code: Mapping[int, int] = field(default_factory=dict)
+    failed_permanent: int = 0  # 400, 404, no profile, ...: a rerun does not try them again
+    failed_transient: int = 0  # 301, 500, transport faults after every attempt: a rerun does
 
     @property
     def failures(self) -> int:
         """Rows of failures.csv: failed ids and rejected cells."""
         return self.failed + self.rejected
+
+    @property
+    def valid_ids(self) -> int:
+        return self.pending + self.fetched + self.written + self.failed
+
+    @property
+    def failure_rate(self) -> float:
+        """Failed ids over valid ids (rejected input cells are neither)."""
+        return self.failed / self.valid_ids if self.valid_ids else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +114,53 @@ class SnapshotCounts:
             "failed": self.failed,
             "rejected": self.rejected,
             "failures_by_code": {str(c): n for c, n in sorted(self.failures_by_code.items())},
+            "failed_permanent": self.failed_permanent,
+            "failed_transient": self.failed_transient,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FailureCheck:
+    """A completed snapshot's failures against --max-failure-rate and --max-failures."""
+
+    snapshot: SnapshotCounts
+    max_failure_rate: float | None = None
+    max_failures: int | None = None
+    previous_rate: float | None = None  # the latest earlier complete snapshot's rate
+
+    @property
+    def exceeded(self) -> bool:
+        failed = self.snapshot.failed
+        over_rate = self.max_failure_rate is not None and (
+            self.snapshot.failure_rate > self.max_failure_rate
+        )
+        return over_rate or (self.max_failures is not None and failed > self.max_failures)
+
+    def message(self) -> str:
+        snap = self.snapshot
+        limits = []
+        if self.max_failure_rate is not None:
+            limits.append(f"--max-failure-rate {self.max_failure_rate:g}")
+        if self.max_failures is not None:
+            limits.append(f"--max-failures {self.max_failures:,}")
+        previous = (
+            "no previous snapshot"
+            if self.previous_rate is None
+            else f"previous snapshot {self.previous_rate:.1%}"
+        )
+        return (
+            f"failed {snap.failure_rate:.1%} of ids ({snap.failed:,} of {snap.valid_ids:,}: "
+            f"{snap.failed_permanent:,} permanent, {snap.failed_transient:,} transient), over "
+            f"{' and '.join(limits)}; {previous}; everything is written"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rate": round(self.snapshot.failure_rate, 6),
+            "max_failure_rate": self.max_failure_rate,
+            "max_failures": self.max_failures,
+            "previous_rate": None if self.previous_rate is None else round(self.previous_rate, 6),
+            "exceeded": self.exceeded,
         }
 
 
@@ -130,6 +188,18 @@ class RunReport:
     failures_rows: int = 0
     finished_at: dt.datetime | None = None
     duration_s: float = 0.0
+    failure_check: FailureCheck | None = None  # judged once the snapshot is complete
+
+    @property
+    def exit_code(self) -> int:
+        """What the command ends with: the stop's code, 130, 6 over a failure limit, else 0."""
+        if self.stopped_by is not None:
+            return self.stopped_by.exit_code
+        if self.interrupted:
+            return Interrupted.exit_code
+        if self.failure_check is not None and self.failure_check.exceeded:
+            return FailureThresholdExceeded.exit_code
+        return 0
 
     @property
     def snapshot_date(self) -> dt.date:
@@ -181,6 +251,8 @@ class RunReport:
             "failures_rows": self.failures_rows,
             "finished_at": _seconds(self.finished_at),
             "duration_s": self.duration_s,
+            "failure_check": None if self.failure_check is None else self.failure_check.to_json(),
+            "exit_code": self.exit_code,
         }
 
 

@@ -23,8 +23,9 @@ import secrets
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -41,6 +42,7 @@ from pipeline.ratelimit import RateController
 from pipeline.records import Tally
 from pipeline.redaction import install_log_redaction
 from pipeline.run_report import (
+    FailureCheck,
     IngestCounts,
     InputSummary,
     Outcome,
@@ -114,6 +116,13 @@ def _finish(
     )
     counts = state.counts()
     complete = counts["pending"] == 0 and outcome.stopped_by is None
+    permanent, transient = state.failure_kinds()
+    snapshot = SnapshotCounts(
+        **counts,
+        failures_by_code=state.failure_codes(),
+        failed_permanent=permanent,
+        failed_transient=transient,
+    )
     report = dataclasses.replace(
         report,
         outcome=outcome_of(outcome.stopped_by, interrupted=outcome.interrupted, complete=complete),
@@ -122,12 +131,13 @@ def _finish(
         interrupted=outcome.interrupted,
         requests=RequestCounts.of(outcome.tally),
         rate_control=limiter.snapshot(),
-        snapshot=SnapshotCounts(**counts, failures_by_code=state.failure_codes()),
+        snapshot=snapshot,
         files={t.name: tuple(p.path for p in state.parts(t.name)) for t in TABLES},
         failures_file=failures_path.relative_to(config.out_dir).as_posix(),
         failures_rows=failures_rows,
         finished_at=utcnow(),
         duration_s=round(time.monotonic() - started, 3),
+        failure_check=_failure_check(config, snapshot) if complete else None,
     )
     summary = report.to_json()
     if complete:
@@ -137,6 +147,29 @@ def _finish(
         )
     sink.write_run_summary(config.out_dir, report.run_id, summary)
     return report
+
+
+def _failure_check(config: RunConfig, snapshot: SnapshotCounts) -> FailureCheck:
+    earlier = [d for d in sink.manifest_dates(config.out_dir) if d < config.snapshot_date]
+    previous = sink.read_manifest(config.out_dir, earlier[-1]) if earlier else None
+    return FailureCheck(
+        snapshot,
+        max_failure_rate=config.max_failure_rate,
+        max_failures=config.max_failures,
+        previous_rate=_failure_rate_of(previous),
+    )
+
+
+def _failure_rate_of(manifest: Mapping[str, Any] | None) -> float | None:
+    """The failure rate an earlier snapshot's manifest records (its run summary's counts)."""
+    counts = (manifest or {}).get("summary", {}).get("snapshot")
+    if not isinstance(counts, dict):
+        return None
+    try:
+        valid = sum(int(counts[k]) for k in ("pending", "fetched", "written", "failed"))
+        return int(counts["failed"]) / valid if valid else 0.0
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 async def _fetch(

@@ -340,6 +340,26 @@ def write_manifest(
     return path
 
 
+def read_manifest(out_dir: Path, snapshot_date: dt.date) -> dict[str, Any] | None:
+    """The snapshot's manifest, or None when it has none (not complete) or it cannot be read."""
+    try:
+        payload = json.loads(manifest_path(out_dir, snapshot_date).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def manifest_dates(out_dir: Path) -> list[dt.date]:
+    """The dates that have a manifest (complete snapshots), oldest first."""
+    dates = []
+    for path in (out_dir / MANIFESTS_DIR).glob("dt=*.json"):
+        try:
+            dates.append(dt.date.fromisoformat(path.name[3:-5]))
+        except ValueError:
+            continue  # not one of ours
+    return sorted(dates)
+
+
 def clear_success(out_dir: Path, snapshot_date: dt.date) -> None:
     """Withdraw the snapshot's ``_SUCCESS`` markers and manifest before a run changes it."""
     targets = [folder / SUCCESS_FILE for folder in _success_folders(out_dir, snapshot_date)]

@@ -438,6 +438,17 @@ class State:
             result["rejected"] = int(conn.execute("SELECT count(*) FROM rejects").fetchone()[0])
         return result
 
+    def failure_kinds(self) -> tuple[int, int]:
+        """Failed ids as (permanent, transient): transient ones failed after every attempt and
+        are tried again by the next run."""
+        with self._sql("counting failures") as conn:
+            rows = dict(
+                conn.execute(
+                    "SELECT retryable, count(*) FROM ids WHERE status = 'failed' GROUP BY 1"
+                ).fetchall()
+            )
+        return int(rows.get(0, 0)), int(rows.get(1, 0))
+
     def failure_codes(self) -> dict[int, int]:
         """Failed ids and rejects by code; a failure recorded without a code counts as -1."""
         with self._sql("counting failures") as conn:

@@ -297,3 +297,68 @@ def test_a_taken_port_is_a_one_line_usage_error(sandbox) -> None:
         f"xhs-profiles: sandbox: cannot listen on 127.0.0.1:{port}: error while attempting to "
         f"bind on address ('127.0.0.1', {port}): address already in use; choose another port\n"
     )
+
+
+# --- failure thresholds ----------------------------------------------------------------------
+
+
+def run_with_failures(sandbox, tmp_path: Path, *extra: str, snapshot: str = SNAPSHOT) -> Result:
+    """10 ids: two answer 404 (permanent), one 500 on every attempt (transient)."""
+    ids = [make_id(i, "thresholds") for i in range(10)]
+    api = sandbox(scripts={ids[0]: ["404"] * 9, ids[1]: ["404"] * 9, ids[2]: ["500"] * 9})
+    csv_path = write_ids(tmp_path / "ids.csv", ids)
+    args = run_args(csv_path, tmp_path / "out", api.base_url, "--max-attempts", "2", *extra)
+    args[args.index("--snapshot-date") + 1] = snapshot
+    seams = Seams(config_overrides={"backoff_base": 0.001, "backoff_cap": 0.001})
+    env = {"JUSTONEAPI_TOKEN": "sandbox", "JUSTONEAPI_BASE_URL": None}
+    return CliRunner().invoke(cli, args, obj=seams, env=env)
+
+
+def test_over_the_failure_rate_exits_6_after_writing_everything(sandbox, tmp_path: Path) -> None:
+    result = run_with_failures(sandbox, tmp_path, "--max-failure-rate", "0.2")
+    assert result.exit_code == 6, result.output
+    assert result.stderr == (
+        "xhs-profiles: failed 30.0% of ids (3 of 10: 2 permanent, 1 transient), over "
+        "--max-failure-rate 0.2; no previous snapshot; everything is written\n"
+    )
+    out = tmp_path / "out"
+    assert (out / "profiles" / f"dt={SNAPSHOT}" / "_SUCCESS").exists()
+    assert result.stdout.splitlines()[0] == f"snapshot {SNAPSHOT}: 7 profiles, 3 failed, 0 pending"
+    [summary_file] = (out / "_runs").glob("*.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["exit_code"] == 6
+    assert summary["failure_check"] == {
+        "rate": 0.3,
+        "max_failure_rate": 0.2,
+        "max_failures": None,
+        "previous_rate": None,
+        "exceeded": True,
+    }
+    assert (summary["snapshot"]["failed_permanent"], summary["snapshot"]["failed_transient"]) == (
+        2,
+        1,
+    )
+
+
+def test_within_the_limits_exits_0_and_the_next_snapshot_compares_with_it(
+    sandbox, tmp_path: Path
+) -> None:
+    first = run_with_failures(sandbox, tmp_path, "--max-failure-rate", "0.3", "--max-failures", "3")
+    assert first.exit_code == 0, first.output
+    second = run_with_failures(sandbox, tmp_path, "--max-failures", "2", snapshot="2026-11-29")
+    assert second.exit_code == 6, second.output
+    assert second.stderr == (
+        "xhs-profiles: failed 30.0% of ids (3 of 10: 2 permanent, 1 transient), over "
+        "--max-failures 2; previous snapshot 30.0%; everything is written\n"
+    )
+
+
+def test_a_failure_rate_above_1_is_a_usage_error(ids_csv: Path, tmp_path: Path) -> None:
+    result = invoke(
+        run_args(ids_csv, tmp_path / "out", "http://127.0.0.1:9", "--max-failure-rate", "1.5")
+    )
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "xhs-profiles: Invalid value for '--max-failure-rate': 1.5 is not in the range "
+        "0<=x<=1. (see xhs-profiles run --help)\n"
+    )
