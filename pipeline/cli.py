@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import sys
 import textwrap
@@ -20,7 +21,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import click
 import httpx
 
-from pipeline import runner
+from pipeline import runner, schema
 from pipeline.config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -398,6 +399,24 @@ def sandbox_command(host: str, port: int, **options: Any) -> None:
     )
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how this command is meant to end
         asyncio.run(serve(config, host, port))
+
+
+@cli.command("schema")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["md", "json"]),
+    default="md",
+    show_default=True,
+    help="Markdown (the README's data dictionary) or JSON.",
+)
+@_debug_option("Tracebacks on unexpected errors.")
+def schema_command(output_format: str, **_options: Any) -> None:
+    """Print every table's columns, types and meanings (the data dictionary)."""
+    if output_format == "json":
+        click.echo(json.dumps(schema.as_json(), ensure_ascii=False, indent=2))
+    else:
+        click.echo(schema.markdown(), nl=False)
 
 
 def _latency(text: str) -> tuple[float, float]:

@@ -136,11 +136,52 @@ PROFILE_INTERACTIONS: Final = Table(
 TABLES: Final = (PROFILES, PROFILE_TAGS, PROFILE_INTERACTIONS)
 TABLES_BY_NAME: Final = {t.name: t for t in TABLES}
 
-FAILURE_COLUMNS: Final = ("user_id", "code", "message", "attempts", "last_attempt_at")
+# failures.csv: one row per failed id and per input cell that is not an id.
+FAILURES: Final = (
+    _c("user_id", pl.String(), "The id asked for, or the input cell as it was (code 400)"),
+    _c(
+        "code",
+        pl.Int64(),
+        "The API's business code; -1 no usable JSON answer; 0 answered without a profile; "
+        "400 the cell is not an id (never sent)",
+    ),
+    _c("message", pl.String(), "What went wrong, one line"),
+    _c("attempts", pl.Int64(), "Calls made for the id (0 for a cell never sent)"),
+    _c("last_attempt_at", TIMESTAMP, "When the last call ended (UTC, ISO 8601), empty if none"),
+)
+FAILURE_COLUMNS: Final = tuple(c.name for c in FAILURES)
+
+
+def as_json() -> dict[str, object]:
+    """The data dictionary as a JSON-able document (``xhs-profiles schema --format json``)."""
+    return {
+        "tables": [
+            {
+                "name": t.name,
+                "doc": t.doc,
+                "key": list(t.key),
+                "compact_rows": t.compact_rows,
+                "columns": [_column_json(c) for c in t.columns],
+            }
+            for t in TABLES
+        ],
+        "failures_csv": {
+            "columns": [{"name": c.name, "type": str(c.dtype), "meaning": c.doc} for c in FAILURES]
+        },
+    }
+
+
+def _column_json(column: Column) -> dict[str, object]:
+    return {
+        "name": column.name,
+        "type": str(column.dtype),
+        "meaning": column.doc,
+        "dictionary": column.dictionary,
+    }
 
 
 def markdown() -> str:
-    """The data dictionary as Markdown, for the README."""
+    """The data dictionary as Markdown, for the README (``xhs-profiles schema``)."""
     lines: list[str] = []
     for table in TABLES:
         lines += [
@@ -157,4 +198,4 @@ def markdown() -> str:
 
 
 if __name__ == "__main__":
-    print(markdown())
+    print(markdown(), end="")
