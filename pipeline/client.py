@@ -30,6 +30,7 @@ JSON without a usable ``code`` and HTTP 404            EndpointGoneError
 JSON that is not an object, or ``code`` missing or     TransientError(-1) "response has no
 not an Int64 / numeric string                          business code"
 code 0, ``data.result.success`` is false               PermanentError(0) with result.message
+code 0, ``data.userid`` is another id (case aside)     WrongUserError(0) carrying the body
 code 0, ``data`` has a non-empty string ``userid``     FetchedProfile
 code 0, anything else (``data`` null, empty, ...)      PermanentError(0) "no profile ..."
 code 302                                               limiter.on_rate_limited(Retry-After
@@ -81,6 +82,7 @@ from pipeline.errors import (
     PermanentError,
     RateLimitedError,
     TransientError,
+    WrongUserError,
 )
 from pipeline.jsonparse import dumps, loads
 from pipeline.ratelimit import RateController
@@ -250,12 +252,18 @@ class ProfileClient:
                         "the profile is nested too deep to store", code=CODE_NO_RESPONSE
                     )
                 request_id = envelope.get("requestId")
-                return FetchedProfile(
-                    user_id=user_id,
-                    data_json=serialized,
-                    request_id=request_id if isinstance(request_id, str) else None,
-                    fetched_at=utcnow(),
-                )
+                request = request_id if isinstance(request_id, str) else None
+                returned = userid.strip()
+                if returned.lower() != user_id:
+                    shown = self._api_message(returned)[:40]
+                    raise WrongUserError(
+                        f"the answer is the profile of another user ({shown}), not of the id "
+                        "asked: not written as its row, kept in the checkpoint",
+                        returned_id=returned,
+                        body=serialized,
+                        request_id=request,
+                    )
+                return FetchedProfile(user_id, serialized, request, utcnow())
         raise PermanentError(
             "no profile in the answer (data empty: the account may be deleted, banned or private)",
             code=CODE_UNAVAILABLE,

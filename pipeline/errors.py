@@ -32,7 +32,8 @@ Hierarchy::
         ├── TransientError              retry later: 301, 500, 503, transport faults, bad bodies
         │   └── RateLimitedError        302: slow everyone down, retry without using an attempt
         └── PermanentError              record the id as failed: 400, 404, unknown codes,
-                                        empty data, oversized body
+            │                           empty data, oversized body
+            └── WrongUserError          code 0 with another user's profile: failed, body kept
 
 Account-level and per-id errors are different types on purpose (as dlt's Transient/Terminal
 exceptions are): the runner's ``except`` clauses, not string matching, decide what happens.
@@ -213,3 +214,16 @@ class RateLimitedError(TransientError):
 
 class PermanentError(FetchError):
     """Retrying will not help: the id is recorded as failed with ``code``."""
+
+
+class WrongUserError(PermanentError):
+    """Code 0 with the profile of another user than the id asked (case aside): it was paid for,
+    so it is not retried; it never becomes the asked id's row, and its body is kept for audit."""
+
+    def __init__(
+        self, message: str, *, returned_id: str, body: bytes, request_id: str | None
+    ) -> None:
+        super().__init__(message, code=CODE_UNAVAILABLE)
+        self.returned_id = returned_id
+        self.body = body
+        self.request_id = request_id

@@ -37,6 +37,7 @@ from pipeline.errors import (
     RateLimitedError,
     StopRun,
     TransientError,
+    WrongUserError,
 )
 from pipeline.records import FetchedProfile, Tally
 
@@ -67,6 +68,9 @@ class Ledger(Protocol):
     def record_retry(self, user_id: str, attempts: int, code: int | None, message: str) -> None: ...
     def record_failure(
         self, user_id: str, attempts: int, code: int | None, message: str, *, retryable: bool
+    ) -> None: ...
+    def record_wrong_user(
+        self, user_id: str, attempts: int, message: str, body: bytes, request_id: str | None
     ) -> None: ...
 
 
@@ -222,6 +226,13 @@ class Fetcher:
                 self._ledger.record_retry(user_id, attempts, exc.code, exc.message)
                 tally.retried += 1
                 self._retry_later(user_id, attempts, self._backoff(attempts))
+        except WrongUserError as exc:
+            self._ledger.record_wrong_user(
+                user_id, attempts + 1, exc.message, exc.body, exc.request_id
+            )
+            tally.wrong_user += 1
+            tally.failed += 1
+            tally.done += 1
         except PermanentError as exc:
             attempts += 1
             self._ledger.record_failure(user_id, attempts, exc.code, exc.message, retryable=False)

@@ -66,5 +66,6 @@ class Tally:
     failed: int = 0
     retried: int = 0
     rate_limited: int = 0
+    wrong_user: int = 0  # answers with another user's profile (counted in failed too)
     calls: int = 0
     rate: float | None = None  # the limiter's current requests/s

@@ -73,10 +73,18 @@ class RequestCounts:
     failed: int = 0
     retried: int = 0
     rate_limited: int = 0
+    wrong_user: int = 0  # answers with another user's profile (in ``failed`` too)
 
     @classmethod
     def of(cls, tally: Tally) -> RequestCounts:
-        return cls(tally.calls, tally.fetched, tally.failed, tally.retried, tally.rate_limited)
+        return cls(
+            tally.calls,
+            tally.fetched,
+            tally.failed,
+            tally.retried,
+            tally.rate_limited,
+            tally.wrong_user,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +99,7 @@ class SnapshotCounts:
     failures_by_code: Mapping[int, int] = field(default_factory=dict)
     failed_permanent: int = 0  # 400, 404, no profile, ...: a rerun does not try them again
     failed_transient: int = 0  # 301, 500, transport faults after every attempt: a rerun does
+    wrong_user: int = 0  # failed because the answer was another user's profile (kept)
 
     @property
     def failures(self) -> int:
@@ -116,6 +125,7 @@ class SnapshotCounts:
             "failures_by_code": {str(c): n for c, n in sorted(self.failures_by_code.items())},
             "failed_permanent": self.failed_permanent,
             "failed_transient": self.failed_transient,
+            "wrong_user": self.wrong_user,
         }
 
 

@@ -122,6 +122,7 @@ def _finish(
         failures_by_code=state.failure_codes(),
         failed_permanent=permanent,
         failed_transient=transient,
+        wrong_user=state.wrong_user_count(),
     )
     report = dataclasses.replace(
         report,

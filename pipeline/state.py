@@ -38,6 +38,7 @@ from pipeline.config import TOOL_VERSION
 from pipeline.errors import (
     CODE_INVALID_INPUT,
     CODE_NO_RESPONSE,
+    CODE_UNAVAILABLE,
     StateError,
     StateLockedError,
     StateVersionError,
@@ -324,6 +325,35 @@ class State:
         self, user_id: str, attempts: int, code: int | None, message: str, *, retryable: bool
     ) -> None:
         self._record_attempt(user_id, Status.FAILED, attempts, code, message, retryable=retryable)
+
+    def record_wrong_user(
+        self, user_id: str, attempts: int, message: str, body: bytes, request_id: str | None
+    ) -> None:
+        """Fail the id for good (code 0) and keep the other user's answer beside it, for audit:
+        ``fetched_batch`` takes only fetched ids, so the body never reaches a table."""
+        now = _now_us()
+        with self._transaction("recording an answer for another user") as conn:
+            changed = conn.execute(
+                "INSERT INTO ids (user_id, status, attempts, code, message, retryable, "
+                "last_attempt_at) VALUES (?, 'failed', ?, ?, ?, 0, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET status = 'failed', "
+                "attempts = excluded.attempts, code = excluded.code, message = excluded.message, "
+                f"retryable = 0, last_attempt_at = excluded.last_attempt_at WHERE {_OPEN_STATUSES}",
+                (user_id, attempts, CODE_UNAVAILABLE, message[:MAX_MESSAGE_CHARS], now),
+            ).rowcount
+            if changed:
+                conn.execute(
+                    "INSERT OR REPLACE INTO responses (user_id, data, request_id, fetched_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (user_id, body, request_id, now),
+                )
+
+    def wrong_user_count(self) -> int:
+        """Failed ids whose answer was another user's profile (their bodies are kept)."""
+        return self._count(
+            "SELECT count(*) FROM ids JOIN responses r ON r.user_id = ids.user_id "
+            "WHERE ids.status = 'failed' AND r.data IS NOT NULL"
+        )
 
     def _record_attempt(
         self,

@@ -30,6 +30,7 @@ from pipeline.errors import (
     RateLimitedError,
     StopRun,
     TransientError,
+    WrongUserError,
 )
 from pipeline.ratelimit import RateController
 from pipeline.records import FetchedProfile
@@ -158,9 +159,9 @@ def raising(exc_type: type[httpx.RequestError], text: str) -> Handler:
 @pytest.mark.parametrize("sample", GOLDEN_SAMPLES, ids=lambda p: p.stem)
 async def test_golden_sample_becomes_a_profile_whose_data_equals_the_samples(sample: Path) -> None:
     raw = sample.read_bytes()
-    profile, outcome = await fetch_ok(reply(raw))
     expected = json.loads(raw)["data"]
-    assert profile.user_id == USER
+    profile, outcome = await fetch_ok(reply(raw), user_id=expected["userid"])
+    assert profile.user_id == expected["userid"]
     assert orjson.loads(profile.data_json) == expected
     assert profile.data_json == orjson.dumps(expected)
     assert profile.request_id is None
@@ -169,6 +170,27 @@ async def test_golden_sample_becomes_a_profile_whose_data_equals_the_samples(sam
     assert len(outcome.requests) == 1
     assert outcome.limiter.acquired == 1
     assert outcome.limiter.successes == 1
+
+
+async def test_an_answer_whose_userid_differs_only_in_case_is_the_profile_asked() -> None:
+    profile, _ = await fetch_ok(reply(envelope(0, data=profile_data(userid=USER.upper()))))
+    assert profile.user_id == USER
+
+
+async def test_an_answer_with_another_users_profile_fails_once_and_keeps_the_body() -> None:
+    other = "0123456789abcdef01234567"
+    data = profile_data(userid=other)
+    error, outcome = await fetch_error(
+        reply(envelope(0, data=data, requestId="req-7")), WrongUserError
+    )
+    assert str(error) == (
+        "the answer is the profile of another user (0123456789abcdef01234567), not of the id "
+        "asked: not written as its row, kept in the checkpoint"
+    )
+    assert (error.code, error.returned_id, error.request_id) == (0, other, "req-7")
+    assert orjson.loads(error.body) == data
+    assert isinstance(error, PermanentError)  # never retried: it was paid for
+    assert len(outcome.requests) == 1
 
 
 async def test_request_id_is_kept_and_a_non_string_one_is_dropped() -> None:

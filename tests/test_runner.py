@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +284,33 @@ def test_dry_run_counts_retryable_failures_without_changing_the_snapshot(
     assert report.calls_planned == 1
     assert read_failures(out, SNAPSHOT) == failures_before
     assert runner.run(config_for(api.base_url, csv_path, out, dry_run=True)).calls_planned == 1
+
+
+def test_an_answer_for_another_user_is_a_failure_kept_for_audit_and_never_paid_again(
+    sandbox, tmp_path: Path
+) -> None:
+    ids = [make_id(i, "wrong-user") for i in range(6)]
+    mixed_up = ids[2]
+    api = sandbox(scripts={mixed_up: ["other_user"] * 3})
+    csv_path = write_ids(tmp_path / "ids.csv", ids)
+    out = tmp_path / "out"
+    report = runner.run(config_for(api.base_url, csv_path, out))
+    returned = f"{int(mixed_up, 16) + 1:024x}"
+    assert report.complete and report.exit_code == 0
+    assert (report.requests.wrong_user, report.snapshot.wrong_user) == (1, 1)
+    assert set(read_table(out, "profiles")["user_id"]) == set(ids) - {mixed_up}
+    assert returned not in set(read_table(out, "profiles")["user_id"])
+    assert [(r["user_id"], r["code"], r["message"]) for r in read_failures(out, SNAPSHOT)] == [
+        (
+            mixed_up,
+            "0",
+            f"the answer is the profile of another user ({returned}), not of the id asked: "
+            "not written as its row, kept in the checkpoint",
+        )
+    ]
+    with contextlib.closing(sqlite3.connect(out / "_state" / f"dt={SNAPSHOT}.sqlite")) as conn:
+        [(body,)] = conn.execute("SELECT data FROM responses WHERE user_id = ?", (mixed_up,))
+    assert json.loads(body)["userid"] == returned
+    again = runner.run(config_for(api.base_url, csv_path, out))
+    assert again.requests.calls == 0
+    assert api.stats().calls_by_id[mixed_up] == 1

@@ -57,6 +57,7 @@ mode               answer
 ``no_code``        the success envelope without ``code``
 ``not_json``       HTTP 200, ``text/html`` page
 ``display_counts``  success, ``interactions[].count`` as display strings (``"1.2万"``, ``"10万+"``)
+``other_user``     code 0 with the profile of another id (the asked id plus one)
 ``slow``           success after max(2 × the latency's maximum, 1 s)
 =================  ==========================================================================
 

@@ -56,7 +56,7 @@ _SUCCESS_KINDS: Final = frozenset({"ok", "slow", "display_counts", "code_string"
 _SIMPLE_KINDS: Final = frozenset({
     "ok", "slow", "display_counts", "code_string", "reset", "reset_mid", "truncated", "drip",
     "huge", "deep", "bigint", "wrong_types", "data_null", "empty_data", "no_result", "no_code",
-    "not_json",
+    "not_json", "other_user",
 })  # fmt: skip
 
 

@@ -201,6 +201,8 @@ def _json_body(state: _ServerState, mode: Mode, uid: str) -> bytes:
         return state.envelope(b"%d" % mode.code, MESSAGES.get(mode.code, "error"), b"null")
     if kind in _FIXED_DATA:
         return state.envelope(b"0", "success", _FIXED_DATA[kind])
+    if kind == "other_user":  # the next id's profile: a mix-up upstream, paid for all the same
+        return state.envelope(b"0", "success", profile_json(_next_id(uid), state.config.seed))
     data = profile_json(uid, state.config.seed)
     if kind in ("code_string", "no_code"):
         return state.envelope(b'"0"' if kind == "code_string" else None, "success", data)
@@ -209,6 +211,13 @@ def _json_body(state: _ServerState, mode: Mode, uid: str) -> bytes:
     elif kind in ("wrong_types", "display_counts", "huge", "bigint"):
         data = _rewritten(kind, data)
     return state.envelope(b"0", "success", data)
+
+
+def _next_id(uid: str) -> str:
+    try:
+        return f"{(int(uid, 16) + 1) % 16**24:024x}"
+    except ValueError:  # v3 also takes profile URLs; any other id will do
+        return "0" * 24 if uid != "0" * 24 else "1" * 24
 
 
 def _rewritten(kind: str, data: bytes) -> bytes:
