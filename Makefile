@@ -45,7 +45,7 @@ test: install lint ## lint, type-check, run every test (bench smoke included), s
 
 # The quick loop.  A -m in ARGS replaces the "not slow" filter (pytest keeps the last -m):
 # ARGS='tests/test_state.py -k lock -m ""' runs the lock test, which starts a subprocess.
-test-fast: install ## no lint, slow tests deselected; ARGS go to pytest: ARGS="tests/test_state.py -k lock"
+test-fast: install ## no lint, slow tests deselected; ARGS go to pytest, e.g. ARGS="tests/test_state.py -k ingest"
 	$(UV) sync --locked --inexact --quiet --group dev --group bench
 	$(BIN)/pytest -q -m "not slow" $(ARGS)
 
