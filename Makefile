@@ -10,12 +10,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 IDS ?= data/sample_ids.csv
 OUT ?= out
+# Extra arguments: to the CLI for `make run`, to pytest for `make test-fast`.
 ARGS ?=
 
-.PHONY: help uv install run test lint format bench fuzz soak clean
+.PHONY: help uv install run test test-fast lint format bench fuzz soak clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
 
 uv: # uv itself, installed with pip when the machine has none
 	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet uv 2>/dev/null \
@@ -38,9 +39,15 @@ run: install ## run the main job (no JUSTONEAPI_TOKEN: the built-in sandbox on d
 	  $(BIN)/xhs-profiles run $(IDS) --out $(OUT) --sandbox $(ARGS); \
 	fi
 
-test: install lint ## lint, type-check and run every test (the bench's smoke test included)
+test: install lint ## lint, type-check, run every test (bench smoke included), show the 15 slowest
 	$(UV) sync --locked --inexact --quiet --group dev --group bench
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
+
+# The quick loop.  A -m in ARGS replaces the "not slow" filter (pytest keeps the last -m):
+# ARGS='tests/test_state.py -k lock -m ""' runs the lock test, which starts a subprocess.
+test-fast: install ## no lint, slow tests deselected; ARGS go to pytest, e.g. ARGS="tests/test_state.py -k ingest"
+	$(UV) sync --locked --inexact --quiet --group dev --group bench
+	$(BIN)/pytest -q -m "not slow" $(ARGS)
 
 lint: install ## ruff (lint + format check), mypy and the import contracts
 	$(BIN)/ruff check pipeline tests bench

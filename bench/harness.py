@@ -395,9 +395,17 @@ def pipeline_fingerprint() -> str:
     """A short hash of the pipeline's sources, to tell whether they changed during a run."""
     digest = hashlib.blake2b(digest_size=6)
     for path in sorted((REPO / "pipeline").rglob("*.py")):
-        digest.update(path.relative_to(REPO).as_posix().encode())
-        with contextlib.suppress(OSError):
-            digest.update(path.read_bytes())
+        # Each field with its length (or a flag for an unreadable file): a plain concatenation
+        # of name and text would hash the same when bytes move from one file's text to the next
+        # file's name.
+        name = path.relative_to(REPO).as_posix().encode()
+        digest.update(len(name).to_bytes(8, "big") + name)
+        try:
+            text = path.read_bytes()
+        except OSError:
+            digest.update(b"\x00")
+        else:
+            digest.update(b"\x01" + len(text).to_bytes(8, "big") + text)
     return digest.hexdigest()
 
 

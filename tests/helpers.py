@@ -13,7 +13,12 @@ from pipeline.schema import TABLES
 
 
 def make_id(n: int, salt: str = "") -> str:
-    return hashlib.sha256(f"{salt}{n}".encode()).hexdigest()[:24]
+    """A valid id (24 hex), the same for the same ``n`` and ``salt``.
+
+    The separator keeps salts apart: without it ``make_id(10, "7-1")`` and ``make_id(0, "7-11")``
+    would hash the same text, and two datasets sharing one sandbox would share ids.
+    """
+    return hashlib.sha256(f"{salt}:{n}".encode()).hexdigest()[:24]
 
 
 def write_ids(path: Path, ids: Iterable[str], header: str = "user_id") -> Path:

@@ -20,6 +20,7 @@ from bench.harness import machine, make_ids
 IDS = 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("contender", scenarios.CONTENDERS)
 def test_each_contender_fetches_and_writes_every_id_once(contender: str, tmp_path: Path) -> None:
     """One fresh sandbox per run; the ledger and the contender's Parquet both hold the 20 ids."""

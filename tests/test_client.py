@@ -559,6 +559,7 @@ async def test_a_read_timeout_mid_body_is_transient() -> None:
     assert str(exc) == "timed out after 5s (read)"
 
 
+@pytest.mark.slow
 async def test_a_body_that_never_ends_is_cut_by_the_whole_call_deadline() -> None:
     async def drip() -> AsyncIterator[bytes]:
         while True:

@@ -338,6 +338,7 @@ def test_a_kill_at_each_crash_point_then_a_resume_loses_and_duplicates_nothing(
 class KillLoopReport:
     kills: int = 0
     completed_runs: int = 0
+    mid_fetch_kills: int = 0  # kills that found answers stored and ids still pending
 
 
 def kill_loop(
@@ -346,7 +347,8 @@ def kill_loop(
     """Run, SIGKILL at a random moment, check, resume...; ``kills`` times, then finish.
 
     A dataset whose run completes before its kill is checked as complete and replaced by a new
-    one, so every kill hits a run with work left.
+    one, so the kills keep landing on runs with work left; ``mid_fetch_kills`` counts those that
+    interrupted the fetching itself (some answers stored, some ids still pending).
     """
     rng = random.Random(seed)
     report = KillLoopReport()
@@ -384,7 +386,10 @@ def kill_loop(
         report.kills += 1
         kills_of_data += 1
         time.sleep(0.2)  # let requests sent before the kill reach the ledger
-        lost = paid_and_lost(data, check_after_kill(data))
+        statuses = check_after_kill(data)
+        if stored_count(statuses) > 0 and "pending" in statuses.values():
+            report.mid_fetch_kills += 1
+        lost = paid_and_lost(data, statuses)
         assert lost - lost_before <= CONCURRENCY, (
             f"kill {report.kills} after {delay:.2f}s lost {lost - lost_before} paid answers"
         )
@@ -401,7 +406,10 @@ def test_random_kills_then_resume_lose_and_duplicate_nothing(
 ) -> None:
     """The short loop of ``make test``: three random SIGKILLs, each followed by a resume."""
     report = kill_loop(sandbox, tmp_path, kills=3, seed=20261128, ids_per_dataset=400)
-    assert report.kills == 3
+    # kill_loop checked every kill and the final resume; those checks prove something only if a
+    # kill interrupted the fetching (a kill before the first answer or after the last one leaves
+    # nothing paid-for to lose).  (report.kills == 3 is what the loop runs until: no check.)
+    assert report.mid_fetch_kills >= 1, report
 
 
 @pytest.mark.slow
@@ -414,8 +422,11 @@ def test_soak_random_kills(
     if not kills:
         pytest.skip("the soak runs only with --soak-kills N (make soak)")
     report = kill_loop(sandbox, tmp_path, kills=kills, seed=7, ids_per_dataset=600)
-    assert report.kills == kills
-    print(f"\nsoak: {report.kills} kills, {report.completed_runs} runs completed before a kill")
+    assert report.mid_fetch_kills >= 1, report
+    print(
+        f"\nsoak: {report.kills} kills ({report.mid_fetch_kills} mid-fetch), "
+        f"{report.completed_runs} runs completed before a kill"
+    )
 
 
 # ------------------------------------------------------------------------------ the lock

@@ -147,6 +147,7 @@ async def test_permanent_errors_fail_at_once_and_are_not_retryable() -> None:
     assert client.calls[gone] == 1
 
 
+@pytest.mark.slow
 async def test_an_id_waiting_for_its_backoff_does_not_hold_the_only_slot() -> None:
     slow_retry, others = uid(6), [uid(100 + i) for i in range(5)]
     client = FakeClient(scripts={slow_retry: [TransientError("x", code=301)]})
@@ -193,6 +194,7 @@ async def test_a_ledger_failure_stops_the_loop_and_is_raised_not_swallowed() -> 
     assert sum(client.calls.values()) <= 4 + 1
 
 
+@pytest.mark.slow
 async def test_request_stop_finishes_in_flight_calls_and_dispatches_no_more() -> None:
     client, ledger = FakeClient(delay=0.05), FakeLedger()
     fetcher = make(client, ledger, concurrency=3)

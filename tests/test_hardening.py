@@ -161,6 +161,7 @@ def test_a_body_cut_off_mid_answer_is_retried_then_failed_with_a_message_in_word
     assert api.stats().calls_by_id[VICTIM] == 3
 
 
+@pytest.mark.slow
 def test_a_body_that_never_ends_times_out_and_the_id_is_failed(
     sandbox: SandboxFactory, tmp_path: Path
 ) -> None:
@@ -172,6 +173,7 @@ def test_a_body_that_never_ends_times_out_and_the_id_is_failed(
     assert api.stats().calls_by_id[VICTIM] == 1
 
 
+@pytest.mark.slow
 def test_a_dripped_body_is_retried_and_the_retry_lands(
     sandbox: SandboxFactory, tmp_path: Path
 ) -> None:
@@ -295,6 +297,7 @@ def test_display_string_counts_are_parsed_and_kept_as_given(
     assert got["follows"][0].endswith("千+") and got["interaction"][0].endswith("万+")
 
 
+@pytest.mark.slow
 def test_every_hostile_answer_in_one_run_loses_no_other_id(
     sandbox: SandboxFactory, tmp_path: Path
 ) -> None:
@@ -703,6 +706,7 @@ def test_the_token_never_leaks_from_a_failing_debug_run(
     assert any("?userId=" in r.getMessage() for r in debug_logs.records)
 
 
+@pytest.mark.slow
 def test_the_token_never_leaks_from_a_debug_subprocess(
     sandbox: SandboxFactory, tmp_path: Path
 ) -> None:

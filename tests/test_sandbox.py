@@ -251,6 +251,7 @@ def test_truncated_sends_two_thirds_then_closes_cleanly(sandbox: SandboxFactory)
     assert len(body) == content_length(head) * 2 // 3
 
 
+@pytest.mark.slow
 def test_drip_outlasts_a_half_second_read_timeout(sandbox: SandboxFactory) -> None:
     box = sandbox(scripts={UID: ["drip"]})
     started = time.monotonic()
@@ -259,6 +260,7 @@ def test_drip_outlasts_a_half_second_read_timeout(sandbox: SandboxFactory) -> No
     assert time.monotonic() - started < 2
 
 
+@pytest.mark.slow
 def test_slow_succeeds_after_a_second(sandbox: SandboxFactory) -> None:
     box = sandbox(scripts={UID: ["slow"]})
     started = time.monotonic()
@@ -266,6 +268,7 @@ def test_slow_succeeds_after_a_second(sandbox: SandboxFactory) -> None:
     assert time.monotonic() - started >= 1.0
 
 
+@pytest.mark.slow
 def test_latency_delays_every_answer(sandbox: SandboxFactory) -> None:
     box = sandbox(latency=(0.2, 0.25))
     started = time.monotonic()
@@ -305,6 +308,7 @@ def test_daily_quota_answers_303_after_n_successes(sandbox: SandboxFactory) -> N
     assert box.stats().by_code == {301: 1, 0: 3, 303: 3}
 
 
+@pytest.mark.slow
 def test_rate_limit_answers_302_beyond_the_rate_with_retry_after(sandbox: SandboxFactory) -> None:
     box = sandbox(rate_limit=5, retry_after=0.5)
     with httpx.Client(base_url=box.base_url) as client:

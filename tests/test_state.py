@@ -185,6 +185,7 @@ def test_a_second_open_of_the_same_out_is_refused_whatever_the_date(out: Path) -
     State.open(out, DAY).close()  # released on close
 
 
+@pytest.mark.slow
 def test_the_lock_names_the_other_process_and_dies_with_it(out: Path) -> None:
     script = textwrap.dedent(
         f"""
@@ -196,17 +197,18 @@ def test_the_lock_names_the_other_process_and_dies_with_it(out: Path) -> None:
         time.sleep(60)
         """
     )
-    child = subprocess.Popen(
+    # The with block closes the child's stdout pipe (no ResourceWarning) and reaps the child.
+    with subprocess.Popen(
         [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        with pytest.raises(StateLockedError) as caught:
-            State.open(out, DAY)
-        assert f"(pid {child.pid})" in str(caught.value)
-    finally:
-        child.kill()
-        child.wait()
+    ) as child:
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+            with pytest.raises(StateLockedError) as caught:
+                State.open(out, DAY)
+            assert f"(pid {child.pid})" in str(caught.value)
+        finally:
+            child.kill()
+            child.wait()
     State.open(out, DAY).close()  # the kernel dropped the dead holder's lock
 
 
@@ -347,6 +349,7 @@ def test_requeue_retryable_only_reopens_retryable_failures(st: State) -> None:
     assert st.requeue_retryable() == 0
 
 
+@pytest.mark.slow
 def test_a_success_survives_sigkill_right_after_record_success(out: Path) -> None:
     script = textwrap.dedent(
         f"""
