@@ -1,4 +1,4 @@
-"""Stored responses → one frame per table of ``schema.TABLES``, with the declared schemas.
+"""Stored responses → one frame per table of ``schema.FETCHED_TABLES``, with the declared schemas.
 
 A pure function: no I/O, no network, no clock.  It never raises on what the API sent; a
 profile whose ``data`` cannot be read still gets its row.  Rules:
@@ -67,7 +67,7 @@ from pipeline.profile_data import (
     read_typed,
 )
 from pipeline.records import FetchedProfile
-from pipeline.schema import PROFILE_INTERACTIONS, PROFILE_TAGS, PROFILES, TABLES, Table
+from pipeline.schema import FETCHED_TABLES, PROFILE_INTERACTIONS, PROFILE_TAGS, PROFILES, Table
 from pipeline.timestamps import to_epoch_us
 
 __all__ = ["Tables", "flatten", "parse_count"]
@@ -76,20 +76,20 @@ _UNREADABLE: Final = ProfileData()
 
 
 class Tables(Mapping[str, pl.DataFrame]):
-    """One batch's frames by table name: exactly the tables of ``schema.TABLES``, each with its
+    """One batch's frames by table name: exactly ``schema.FETCHED_TABLES``, each with its
     declared schema (checked here, so a table declared without a builder fails at once)."""
 
     __slots__ = ("_frames",)
 
     def __init__(self, frames: Mapping[str, pl.DataFrame]) -> None:
-        missing = [t.name for t in TABLES if t.name not in frames]
-        unknown = sorted(set(frames) - {t.name for t in TABLES})
+        missing = [t.name for t in FETCHED_TABLES if t.name not in frames]
+        unknown = sorted(set(frames) - {t.name for t in FETCHED_TABLES})
         if missing or unknown:
             raise ValueError(f"flatten built no frame for {missing}, or one for unknown {unknown}")
-        for table in TABLES:
+        for table in FETCHED_TABLES:
             if frames[table.name].schema != table.schema:
                 raise ValueError(f"the {table.name} frame does not have the declared schema")
-        self._frames = {t.name: frames[t.name] for t in TABLES}
+        self._frames = {t.name: frames[t.name] for t in FETCHED_TABLES}
 
     def __getitem__(self, name: str) -> pl.DataFrame:
         return self._frames[name]
@@ -101,8 +101,8 @@ class Tables(Mapping[str, pl.DataFrame]):
         return len(self._frames)
 
     def by_table(self) -> Iterator[tuple[Table, pl.DataFrame]]:
-        """(declared table, frame) for each table, in ``schema.TABLES`` order."""
-        for table in TABLES:
+        """(declared table, frame) for each table, in ``schema.FETCHED_TABLES`` order."""
+        for table in FETCHED_TABLES:
             yield table, self._frames[table.name]
 
 

@@ -133,8 +133,102 @@ PROFILE_INTERACTIONS: Final = Table(
 )
 
 # The tables built from each batch of fetched profiles, in the order they are written.
-TABLES: Final = (PROFILES, PROFILE_TAGS, PROFILE_INTERACTIONS)
-TABLES_BY_NAME: Final = {t.name: t for t in TABLES}
+FETCHED_TABLES: Final = (PROFILES, PROFILE_TAGS, PROFILE_INTERACTIONS)
+
+# The counters compared between two snapshots; ``likes_saves`` is liked + collected (赞藏).
+CHANGE_COUNTERS: Final = ("fans", "follows", "liked", "collected", "notes_posted", "likes_saves")
+# Identity fields whose change is reported with the old value (``<field>_before``).
+IDENTITY_FIELDS: Final = (
+    "nickname", "red_id", "description", "ip_location", "verified", "level", "tags",
+)  # fmt: skip
+
+
+def _counter_columns(counter: str) -> tuple[Column, ...]:
+    what = "likes + saves (liked + collected, 赞藏)" if counter == "likes_saves" else f"`{counter}`"
+    return (
+        _c(counter, pl.Int64(), f"{what} at `dt`"),
+        _c(f"{counter}_before", pl.Int64(), f"{what} at `baseline_dt`"),
+        _c(f"{counter}_delta", pl.Int64(), f"`{counter}` − `{counter}_before`"),
+        _c(f"{counter}_per_day", pl.Float64(), f"`{counter}_delta` ÷ `days`"),
+        _c(
+            f"{counter}_pct",
+            pl.Float64(),
+            f"`{counter}_delta` ÷ `{counter}_before` × 100 (null when the baseline is 0)",
+        ),
+    )
+
+
+PROFILE_CHANGES: Final = Table(
+    name="profile_changes",
+    doc=(
+        "One row per user present in this snapshot (`dt`) or in its baseline, the latest "
+        "earlier complete snapshot (`baseline_dt`): counters at both dates and their change, "
+        "identity changes, tier, ratios and explainable flags. Written after every completed "
+        "snapshot; the first snapshot has an empty file."
+    ),
+    key=("user_id",),
+    compact_rows=1_000_000,
+    columns=(
+        _unique("user_id", pl.String(), "The user id"),
+        _c("baseline_dt", pl.Date(), "The earlier snapshot compared with (never a guess)"),
+        _c("days", pl.Int32(), "Days from `baseline_dt` to `dt`: every per-day figure uses it"),
+        _c("appeared", pl.Boolean(), "A profile at `dt` but none at `baseline_dt`"),
+        _c("disappeared", pl.Boolean(), "A profile at `baseline_dt` but none at `dt`"),
+        _c(
+            "failure_code",
+            pl.Int64(),
+            "For a disappeared user: the code in `dt`'s failures.csv (404 deleted, 0 empty "
+            "answer, -1/301/500 transient), null when it was not asked",
+        ),
+        _c("failure_message", pl.String(), "For a disappeared user: the failure's message"),
+        _unique("nickname", pl.String(), "Display name at `dt` (else at `baseline_dt`)"),
+        *(column for counter in CHANGE_COUNTERS for column in _counter_columns(counter)),
+        _c(
+            "approximate",
+            pl.Boolean(),
+            "A count at either date came from a display string such as `1.2万`: the delta is "
+            "rounded too",
+        ),
+        _c(
+            "changed_fields",
+            pl.List(pl.String()),
+            "Identity fields whose value changed: " + ", ".join(IDENTITY_FIELDS),
+        ),
+        _c("nickname_before", pl.String(), "`nickname` at `baseline_dt`, when it changed"),
+        _c("red_id_before", pl.String(), "`red_id` at `baseline_dt`, when it changed"),
+        _c("description_before", pl.String(), "`description` at `baseline_dt`, when it changed"),
+        _c("ip_location_before", pl.String(), "`ip_location` at `baseline_dt`, when it changed"),
+        _c(
+            "verified_before",
+            pl.Boolean(),
+            "`red_official_verified` at `baseline_dt`, when it changed",
+        ),
+        _c("level_before", pl.Int64(), "`level` at `baseline_dt`, when it changed"),
+        _c(
+            "tags_before",
+            pl.List(pl.String()),
+            "Tag names (`profile_tags.name`, in order) at `baseline_dt`, when they changed",
+        ),
+        _c("tier", pl.String(), "Size by followers at `dt`: nano, micro, mid, macro, mega"),
+        _c("tier_label", pl.String(), "The tier's Chinese label (素人, KOC, 腰部, 头部, 超头部)"),
+        _c(
+            "likes_saves_per_follower",
+            pl.Float64(),
+            "`likes_saves` ÷ `fans` at `dt` (粉丝赞藏比), null when fans is 0",
+        ),
+        _c(
+            "likes_saves_per_note",
+            pl.Float64(),
+            "`likes_saves` ÷ `notes_posted` at `dt`, null when no note",
+        ),
+        _c("flags", pl.List(pl.String()), "Anomaly flags raised (see the flag table)"),
+        _c("flag_reasons", pl.List(pl.String()), "One reason text per flag, in the same order"),
+    ),
+)
+
+# Every table of a snapshot: the fetched ones, then the changes computed once it is complete.
+TABLES: Final = FETCHED_TABLES
+TABLES_BY_NAME: Final = {t.name: t for t in (*FETCHED_TABLES, PROFILE_CHANGES)}
 
 # failures.csv: one row per failed id and per input cell that is not an id.
 FAILURES: Final = (
