@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import logging
 import sys
@@ -21,7 +22,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import click
 import httpx
 
-from pipeline import runner, schema
+from pipeline import changes, runner, schema
 from pipeline.config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -45,6 +46,7 @@ from pipeline.progress import make_progress
 from pipeline.redaction import install_log_redaction, mask
 from pipeline.run_report import Outcome, RunReport
 from pipeline.sandbox import Sandbox, SandboxConfig, serve
+from pipeline.schema import DEFAULT_TIERS
 
 # click's ``\b`` keeps the lines as they are instead of rewrapping them into one paragraph.
 EXIT_CODES_HELP: Final = "\n".join(
@@ -399,6 +401,49 @@ def sandbox_command(host: str, port: int, **options: Any) -> None:
     )
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how this command is meant to end
         asyncio.run(serve(config, host, port))
+
+
+@cli.command("changes")
+@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--to", "to_date", metavar="YYYY-MM-DD", help="Default: the latest complete snapshot."
+)
+@click.option(
+    "--from",
+    "from_date",
+    metavar="YYYY-MM-DD",
+    help="The baseline. Default: the complete snapshot before --to.",
+)
+@click.option(
+    "--tier-bounds",
+    metavar="N,N,N,N,N",
+    default=None,
+    help="Followers where nano, micro, mid, macro, mega start (1000,10000,50000,500000,1000000).",
+)
+@_debug_option("Tracebacks on unexpected errors.")
+def changes_command(out_dir: Path, **options: Any) -> None:
+    """Recompute DIR's profile_changes for one snapshot and list it in its manifest."""
+    to_date, from_date, bounds = options["to_date"], options["from_date"], options["tier_bounds"]
+    result = changes.rebuild(
+        out_dir,
+        parse_snapshot_date(to_date, option="--to") if to_date else None,
+        parse_snapshot_date(from_date, option="--from") if from_date else None,
+        tiers=changes.parse_tier_bounds(bounds) if bounds else DEFAULT_TIERS,
+    )
+    baseline = result.baseline_date
+    against = (
+        f"against {baseline} ({_days(result.snapshot_date - baseline)})"
+        if baseline
+        else "(no earlier snapshot: no rows)"
+    )
+    click.echo(
+        f"profile_changes {result.snapshot_date} {against}: {result.part.rows:,} rows, "
+        f"{result.flagged:,} flagged -> {out_dir / result.part.path}"
+    )
+
+
+def _days(span: dt.timedelta) -> str:
+    return f"{span.days} day{'s' * (span.days != 1)}"
 
 
 @cli.command("schema")

@@ -152,11 +152,11 @@ def validate_base_url(url: str) -> str:
     return url.strip().rstrip("/")
 
 
-def parse_snapshot_date(text: str) -> dt.date:
+def parse_snapshot_date(text: str, *, option: str = "--snapshot-date") -> dt.date:
     """``YYYY-MM-DD`` only: the partition folder name must be unambiguous."""
     try:
         if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
             raise ValueError(text)
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise UsageError(f"--snapshot-date must be a date as YYYY-MM-DD, got {text!r}") from None
+        raise UsageError(f"{option} must be a date as YYYY-MM-DD, got {text!r}") from None

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from pipeline import sink
+from pipeline import changes, sink
 from pipeline.client import ProfileClient
 from pipeline.config import TOOL_VERSION, RunConfig
 from pipeline.crashpoints import crash_point
@@ -116,6 +116,8 @@ def _finish(
     )
     counts = state.counts()
     complete = counts["pending"] == 0 and outcome.stopped_by is None
+    if complete:
+        changes.write(state, config.out_dir, config.snapshot_date)
     permanent, transient = state.failure_kinds()
     snapshot = SnapshotCounts(
         **counts,

@@ -209,8 +209,17 @@ PROFILE_CHANGES: Final = Table(
             pl.List(pl.String()),
             "Tag names (`profile_tags.name`, in order) at `baseline_dt`, when they changed",
         ),
-        _c("tier", pl.String(), "Size by followers at `dt`: nano, micro, mid, macro, mega"),
-        _c("tier_label", pl.String(), "The tier's Chinese label (素人, KOC, 腰部, 头部, 超头部)"),
+        _c(
+            "tier",
+            pl.String(),
+            "Size by followers at `dt`: emerging (<1K), nano (1K), micro (10K), mid (50K), "
+            "macro (500K), mega (1M+)",
+        ),
+        _c(
+            "tier_label",
+            pl.String(),
+            "The tier's Chinese label: 素人, KOC, 初级达人, 腰部, 头部, 超头部",
+        ),
         _c(
             "likes_saves_per_follower",
             pl.Float64(),
@@ -226,9 +235,67 @@ PROFILE_CHANGES: Final = Table(
     ),
 )
 
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    code: str
+    rule: str
+
+
+# Thresholds of the anomaly flags (``profile_changes.flags``); ``changes`` applies them and the
+# data dictionary prints them, so the rule shown is the rule run.
+SPIKE_MIN_HISTORY: Final = 4  # earlier daily changes needed before "unusual for this creator"
+SPIKE_ROBUST_Z: Final = 6.0
+SPIKE_MIN_FANS: Final = 1_000
+JUMP_SHARE: Final = 0.2  # a day's gain over this share of the followers is a jump
+JUMP_MIN_FANS: Final = 5_000
+ROUND_STEP: Final = 5_000
+PURGE_SHARE: Final = 0.1
+PURGE_MIN_FANS: Final = 500
+FOLLOWS_SPIKE_MIN: Final = 1_000
+NO_ENGAGEMENT_MIN_FANS: Final = 1_000
+
+FLAGS: Final = (
+    Flag(
+        "spike_vs_history",
+        f"`fans_per_day` at least {SPIKE_ROBUST_Z:g} robust z-scores (median absolute deviation "
+        f"× 1.4826) above the creator's own earlier daily changes, once {SPIKE_MIN_HISTORY} "
+        f"exist, and a gain of at least {SPIKE_MIN_FANS:,}",
+    ),
+    Flag(
+        "fans_jump",
+        f"followers grew by more than {JUMP_SHARE:.0%} a day and by at least {JUMP_MIN_FANS:,}",
+    ),
+    Flag(
+        "round_jump",
+        f"`fans_delta` is a non-zero multiple of exactly {ROUND_STEP:,} (bought followers come "
+        "in round lots)",
+    ),
+    Flag(
+        "purge",
+        f"followers fell by at least {PURGE_SHARE:.0%} and by at least {PURGE_MIN_FANS:,}",
+    ),
+    Flag("follows_spike", f"`follows` grew by at least {FOLLOWS_SPIKE_MIN:,}"),
+    Flag("notes_deleted", "`notes_posted` went down (notes deleted or hidden)"),
+    Flag(
+        "fans_without_engagement",
+        f"followers grew by at least {NO_ENGAGEMENT_MIN_FANS:,} while likes + saves did not grow",
+    ),
+)
+
+# Tiers by followers at ``dt``: (lower bound, tier, label); configurable in ``changes``.
+DEFAULT_TIERS: Final = (
+    (0, "emerging", "素人"),
+    (1_000, "nano", "KOC"),
+    (10_000, "micro", "初级达人"),
+    (50_000, "mid", "腰部"),
+    (500_000, "macro", "头部"),
+    (1_000_000, "mega", "超头部"),
+)
+
 # Every table of a snapshot: the fetched ones, then the changes computed once it is complete.
-TABLES: Final = FETCHED_TABLES
-TABLES_BY_NAME: Final = {t.name: t for t in (*FETCHED_TABLES, PROFILE_CHANGES)}
+TABLES: Final = (*FETCHED_TABLES, PROFILE_CHANGES)
+TABLES_BY_NAME: Final = {t.name: t for t in TABLES}
 
 # failures.csv: one row per failed id and per input cell that is not an id.
 FAILURES: Final = (
@@ -259,6 +326,8 @@ def as_json() -> dict[str, object]:
             }
             for t in TABLES
         ],
+        "flags": [{"flag": f.code, "raised_when": f.rule} for f in FLAGS],
+        "tiers": [{"from": b, "tier": n, "label": lab} for b, n, lab in DEFAULT_TIERS],
         "failures_csv": {
             "columns": [{"name": c.name, "type": str(c.dtype), "meaning": c.doc} for c in FAILURES]
         },
@@ -288,6 +357,11 @@ def markdown() -> str:
         ]
         lines += [f"| `{c.name}` | {c.dtype} | {c.doc} |" for c in table.columns]
         lines.append("")
+    lines += ["#### Flags in `profile_changes`", "", "| flag | raised when |", "|---|---|"]
+    lines += [f"| `{f.code}` | {f.rule} |" for f in FLAGS]
+    lines += ["", "#### Tiers (followers at `dt`)", "", "| from | tier | label |", "|---|---|---|"]
+    lines += [f"| {bound:,} | {name} | {label} |" for bound, name, label in DEFAULT_TIERS]
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -340,6 +340,17 @@ def write_manifest(
     return path
 
 
+def rewrite_manifest(out_dir: Path, snapshot_date: dt.date, parts: Sequence[Part]) -> Path:
+    """Replace a complete snapshot's file lists with ``parts`` (its failures and summary stay),
+    atomically: readers see the old manifest or the new one."""
+    manifest = read_manifest(out_dir, snapshot_date)
+    if manifest is None:
+        raise StorageError(f"{manifest_path(out_dir, snapshot_date)} is missing or unreadable")
+    failures = manifest.get("failures", {})
+    rows = failures.get("rows", 0) if isinstance(failures, dict) else 0
+    return write_manifest(out_dir, snapshot_date, parts, rows, manifest.get("summary", {}))
+
+
 def read_manifest(out_dir: Path, snapshot_date: dt.date) -> dict[str, Any] | None:
     """The snapshot's manifest, or None when it has none (not complete) or it cannot be read."""
     try:

@@ -40,7 +40,7 @@ import pytest
 from pipeline.crashpoints import ENV as CRASH_ENV
 from pipeline.crashpoints import POINTS
 from pipeline.sandbox import Sandbox
-from pipeline.schema import PROFILES
+from pipeline.schema import FETCHED_TABLES, PROFILES
 from pipeline.schema import TABLES as DECLARED_TABLES
 from pipeline.state import State
 from tests.helpers import make_id
@@ -292,9 +292,10 @@ def assert_died_where_the_point_says(point: str, data: Dataset, statuses: dict[s
             pq.read_table(out / "_tmp" / torn)
         assert orphans == set()
     elif point == "after_part_rename":
-        # The second flush's parts (one per table) are in place, and the state does not know them.
-        assert len(orphans) == len(TABLES)
-        assert {o.split("/", 1)[0] for o in orphans} == set(TABLES)
+        # The second flush's parts (one per fetched table) are in place, unknown to the state.
+        flushed = {t.name for t in FETCHED_TABLES}
+        assert len(orphans) == len(flushed)
+        assert {o.split("/", 1)[0] for o in orphans} == flushed
     elif point == "mid_failures_write":
         [torn] = leftovers
         assert torn.startswith("failures.csv.")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pipeline import flatten as flatten_module
 from pipeline.flatten import Tables, flatten, parse_count
 from pipeline.records import FetchedProfile
-from pipeline.schema import PROFILE_INTERACTIONS, PROFILE_TAGS, PROFILES, TABLES
+from pipeline.schema import FETCHED_TABLES, PROFILE_INTERACTIONS, PROFILE_TAGS, PROFILES
 from tests.strategies import JSON_VALUES, MIXED_PROFILE_DATA, PROFILE_DATA, serialize
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -403,7 +403,7 @@ def test_by_table_yields_each_declared_table_with_its_frame_in_order() -> None:
         (PROFILE_TAGS, tables["profile_tags"]),
         (PROFILE_INTERACTIONS, tables["profile_interactions"]),
     ]
-    assert [table for table, _ in tables.by_table()] == list(TABLES)
+    assert [table for table, _ in tables.by_table()] == list(FETCHED_TABLES)
 
 
 @pytest.mark.parametrize("data", [b"null", b"{}", b'{"tags":[],"interactions":[]}'])

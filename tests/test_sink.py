@@ -358,13 +358,20 @@ def test_manifest_lists_the_snapshot_then_success_markers_appear(tmp_path: Path)
             ],
             "profile_tags": [{"path": "profile_tags/dt=2026-01-02/part-a.parquet", "rows": 12}],
             "profile_interactions": [],
+            "profile_changes": [],
         },
-        "rows": {"profiles": 10, "profile_tags": 12, "profile_interactions": 0},
+        "rows": {
+            "profiles": 10,
+            "profile_tags": 12,
+            "profile_interactions": 0,
+            "profile_changes": 0,
+        },
         "failures": {"path": "failures/dt=2026-01-02/failures.csv", "rows": 4},
         "summary": {"run_id": "r1", "calls": 11},
     }
     markers = [
         "failures/dt=2026-01-02/_SUCCESS",
+        "profile_changes/dt=2026-01-02/_SUCCESS",
         "profile_interactions/dt=2026-01-02/_SUCCESS",
         "profile_tags/dt=2026-01-02/_SUCCESS",
         "profiles/dt=2026-01-02/_SUCCESS",
