@@ -83,7 +83,9 @@ def test_a_complete_fresh_snapshot_exits_0_with_one_line(done: Path) -> None:
     now = completed_at(done) + dt.timedelta(hours=3, minutes=12, seconds=40)
     result = invoke(str(done), "--check", now=now)
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"ok: snapshot {SNAPSHOT} complete 3h12m ago (6 profiles, 1 failed)\n"
+    assert result.stdout == (
+        f"ok: snapshot {SNAPSHOT} complete 3h12m ago (6 profiles, 0 failed, 1 rejected)\n"
+    )
     assert result.stderr == ""
 
 
