@@ -25,6 +25,9 @@ Reading the SQLite state beside a running writer (SQLite >= 3.22 reads WAL files
   other connection has the file open; a reader that is inside its few milliseconds of reading
   at that instant makes the run leave them in place.  Nothing is lost (the next connection
   reads the WAL, the next run folds it in); the reader then reads through them as above.
+- Read access to OUT is enough (a probe may mount it read-only): the ``immutable=1`` read
+  writes nothing, and beside a live run SQLite uses its ``-shm`` read-only.  Only a ``-wal``
+  whose ``-shm`` is gone needs write access (SQLite must rebuild the index); the error says so.
 
 sqlite3 and OS errors leave this module as ``StateError`` (``raise ... from``): a state that
 cannot be read is a problem of the folder given (exit 2), never of the tool.
