@@ -29,6 +29,7 @@ SNAPSHOT = "2026-11-28"
 DAY = dt.date.fromisoformat(SNAPSHOT)
 TOKEN = "status-test-token-5f1e"  # must never show in status output
 FAST_RETRIES = {"backoff_base": 0.001, "backoff_cap": 0.001}
+SIX = [make_id(i) for i in range(6)]
 SAMPLE = json.loads((REPO / "tests/golden/seed-get-user-v4-response.json").read_text())
 
 
@@ -71,7 +72,7 @@ def with_failures(n: int = 10) -> tuple[list[str], dict[str, list[str]]]:
 def done(sandbox, tmp_path: Path) -> Path:
     """A complete snapshot of 6 ids and one cell that is not an id."""
     out = tmp_path / "out"
-    result = run(sandbox, out, [*(make_id(i) for i in range(6)), "not-an-id"])
+    result = run(sandbox, out, [*SIX, "not-an-id"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -121,7 +122,7 @@ def test_a_snapshot_completed_longer_ago_than_max_age_exits_7(
 
 def test_a_snapshot_stopped_by_max_calls_is_incomplete_exit_8(sandbox, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    stopped = run(sandbox, out, [make_id(i) for i in range(6)], "--max-calls", "2")
+    stopped = run(sandbox, out, SIX, "--max-calls", "2", "--concurrency", "1")
     assert stopped.exit_code == 4, stopped.output
     result = invoke(str(out), "--check")
     assert result.exit_code == 8
@@ -132,9 +133,7 @@ def test_a_snapshot_stopped_by_max_calls_is_incomplete_exit_8(sandbox, tmp_path:
     )
 
 
-def test_the_newest_snapshot_is_the_one_expected_unless_date_says(
-    sandbox, done: Path, tmp_path: Path
-) -> None:
+def test_the_newest_snapshot_is_the_one_expected_unless_date_says(sandbox, done: Path) -> None:
     stopped = run(
         sandbox, done, [make_id(i) for i in range(3)], "--max-calls", "0", snapshot="2026-11-29"
     )
@@ -267,7 +266,9 @@ def test_a_state_that_is_not_sqlite_is_a_one_line_error(done: Path) -> None:
 
 
 def test_the_text_report_has_a_block_per_snapshot(sandbox, done: Path) -> None:
-    ids, scripts = with_failures(5)
+    # One call at a time, in user_id order: the first two answer 404, the next two succeed.
+    ids = sorted(make_id(i, "text") for i in range(5))
+    scripts = {ids[0]: ["404"], ids[1]: ["404"]}
     assert run(sandbox, done, ids, "--max-calls", "4", "--concurrency", "1", scripts=scripts,
                snapshot="2026-11-29").exit_code == 4  # fmt: skip
     lines = invoke(str(done)).stdout.splitlines()
@@ -279,10 +280,13 @@ def test_the_text_report_has_a_block_per_snapshot(sandbox, done: Path) -> None:
     ]
     assert lines[4].startswith(f"  last run  {run_id(done)} 2")
     assert lines[4].endswith(", completed, exit 0")
-    assert lines[5] == "snapshot 2026-11-29: not complete"
-    assert lines[6].startswith("  ids       ")
-    assert lines[6].endswith("failed (2 permanent, 0 transient; by code 404: 2)")
-    assert lines[8] == "  calls     4 in 1 run"
+    assert lines[5:9] == [
+        "snapshot 2026-11-29: not complete",
+        "  ids       2 written, 0 fetched, 1 pending, 2 failed (2 permanent, 0 transient; by code "
+        "404: 2)",
+        "  rejected  0 input cells",
+        "  calls     4 in 1 run",
+    ]
     assert lines[9].endswith(", budget, exit 4")
     only = invoke(str(done), "--date", "2026-11-29").stdout.splitlines()
     assert only == lines[5:]
@@ -372,7 +376,7 @@ def test_reading_a_closed_state_leaves_no_wal_or_shm_behind(done: Path) -> None:
 
 def test_status_reads_a_state_a_run_holds_without_touching_it(sandbox, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert run(sandbox, out, [make_id(i) for i in range(6)], "--max-calls", "2").exit_code == 4
+    assert run(sandbox, out, SIX, "--max-calls", "2", "--concurrency", "1").exit_code == 4
     with State.open(out, DAY) as state:  # holds OUT/_state/lock, as a running run does
         pending = next(state.iter_pending())
         data = json.dumps({**SAMPLE["data"], "userid": pending.user_id}).encode()
