@@ -334,13 +334,13 @@ def parse_date(text: str, option: str = "--date") -> dt.date:
 
 def _duration(span: dt.timedelta) -> str:
     """An age as its two largest units: ``3h12m``, ``1d4h``, ``45s``."""
-    seconds = max(int(span.total_seconds()), 0)  # a clock behind the manifest's: "0s ago"
-    units = list(_UNITS.items())
-    for (unit, size), (lower, lower_size) in zip(units, [*units[1:], ("", 1)], strict=True):
-        if seconds >= size or unit == "s":
-            rest = (seconds % size) // lower_size if lower else 0
-            return f"{seconds // size}{unit}" + (f"{rest}{lower}" if rest else "")
-    raise AssertionError("unreachable: the last unit always matches")
+    left = max(int(span.total_seconds()), 0)  # a clock behind the manifest's: "0s ago"
+    parts = []
+    for unit, size in _UNITS.items():
+        parts.append((left // size, unit))
+        left %= size
+    first = next((i for i, (n, _unit) in enumerate(parts) if n), len(parts) - 1)
+    return "".join(f"{n}{unit}" for n, unit in parts[first : first + 2] if n) or "0s"
 
 
 def _limit(span: dt.timedelta) -> str:
@@ -374,7 +374,7 @@ def read_status(out_dir: Path) -> OutStatus:
                 runs=len(of_date),
                 # File names start with the UTC start time: the last one is the latest run.
                 last_run=max(of_date, key=lambda r: r.file, default=None),
-                recorded_check=_recorded_check(manifest),
+                recorded_check=_recorded_check(date, manifest),
                 state_file=None if state is None else state.relative_to(out_dir).as_posix(),
             )
         )
@@ -477,25 +477,26 @@ def _query(path: Path, date: dt.date, *, immutable: bool) -> SnapshotStatus:
 
 
 def _of_manifest(date: dt.date, manifest: Mapping[str, Any] | None) -> SnapshotStatus:
-    """A complete snapshot whose state was removed: the counts its last run recorded."""
-    counts = _summary_counts(_mapping(manifest, "summary"))
-    # The run's failures_by_code counts rejected cells under 400 too; these are ids only.
+    """The counts the completing run recorded: for a snapshot whose state was removed, and for
+    the verdict the run reached on them."""
     recorded = _mapping(_mapping(manifest, "summary"), "snapshot")
+    counts = {name: _int(recorded.get(name)) for name in _COUNT_NAMES}
+    # The run's failures_by_code counts rejected cells under 400 too; these are ids only.
     by_code: dict[int, int] = {}
     for code, n in _mapping(recorded, "failures_by_code").items():
         with contextlib.suppress(ValueError):
             by_code[int(code)] = _int(n)
-    by_code[CODE_INVALID_INPUT] = by_code.get(CODE_INVALID_INPUT, 0) - counts.rejected
+    by_code[CODE_INVALID_INPUT] = by_code.get(CODE_INVALID_INPUT, 0) - counts["rejected"]
     return SnapshotStatus(
         date,
-        written=counts.written,
-        fetched=counts.fetched,
-        pending=counts.pending,
-        failed=counts.failed,
-        failed_permanent=counts.failed_permanent,
-        failed_transient=counts.failed_transient,
+        written=counts["written"],
+        fetched=counts["fetched"],
+        pending=counts["pending"],
+        failed=counts["failed"],
+        failed_permanent=counts["failed_permanent"],
+        failed_transient=counts["failed_transient"],
         failed_by_code=tuple(sorted((c, n) for c, n in by_code.items() if n > 0)),
-        rejected=counts.rejected,
+        rejected=counts["rejected"],
     )
 
 
@@ -514,37 +515,20 @@ def _completed_at(
     return dt.datetime.fromtimestamp(mtime, dt.UTC)
 
 
-def _recorded_check(manifest: Mapping[str, Any] | None) -> RecordedCheck | None:
-    summary = _mapping(manifest, "summary")
-    recorded = _mapping(summary, "failure_check")
+def _recorded_check(date: dt.date, manifest: Mapping[str, Any] | None) -> RecordedCheck | None:
+    recorded = _mapping(_mapping(manifest, "summary"), "failure_check")
     exceeded = recorded.get("exceeded")
     if not isinstance(exceeded, bool):
         return None  # written before failure limits were recorded
     rate, limit, previous = (recorded.get(k) for k in _RECORDED_LIMITS)
     judged = FailureCheck(
-        _summary_counts(summary),
+        _of_manifest(date, manifest).counts,
         max_failure_rate=float(rate) if isinstance(rate, int | float) else None,
         max_failures=limit if isinstance(limit, int) else None,
         previous_rate=float(previous) if isinstance(previous, int | float) else None,
     )
     # The run's own exit-6 wording, rebuilt from what it recorded.
     return RecordedCheck(exceeded, judged.max_failure_rate, judged.max_failures, judged.message())
-
-
-def _summary_counts(summary: Mapping[str, Any]) -> SnapshotCounts:
-    counts = _mapping(summary, "snapshot")
-    pending, fetched, written, failed, rejected, permanent, transient = (
-        _int(counts.get(name)) for name in _COUNT_NAMES
-    )
-    return SnapshotCounts(
-        pending=pending,
-        fetched=fetched,
-        written=written,
-        failed=failed,
-        rejected=rejected,
-        failed_permanent=permanent,
-        failed_transient=transient,
-    )
 
 
 def _read_runs(out_dir: Path) -> dict[dt.date, list[RunInfo]]:
