@@ -22,7 +22,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import click
 import httpx
 
-from pipeline import changes, runner, schema
+from pipeline import changes, runner, schema, status
 from pipeline.config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -36,6 +36,7 @@ from pipeline.config import (
 from pipeline.errors import (
     EXIT_CODES,
     EXIT_UNEXPECTED,
+    CheckFailed,
     FailureThresholdExceeded,
     Interrupted,
     SandboxOptionError,
@@ -47,6 +48,7 @@ from pipeline.redaction import install_log_redaction, mask
 from pipeline.run_report import Outcome, RunReport
 from pipeline.sandbox import Sandbox, SandboxConfig, serve
 from pipeline.schema import DEFAULT_TIERS
+from pipeline.timestamps import utcnow
 
 # click's ``\b`` keeps the lines as they are instead of rewrapping them into one paragraph.
 EXIT_CODES_HELP: Final = "\n".join(
@@ -75,6 +77,7 @@ class Seams:
 
     transport: httpx.AsyncBaseTransport | None = None
     config_overrides: Mapping[str, Any] = field(default_factory=dict)
+    clock: Callable[[], dt.datetime] = utcnow  # "now" for status --check's --max-age
 
 
 class _Group(click.Group):
@@ -462,6 +465,92 @@ def schema_command(output_format: str, **_options: Any) -> None:
         click.echo(json.dumps(schema.as_json(), ensure_ascii=False, indent=2))
     else:
         click.echo(schema.markdown(), nl=False)
+
+
+STATUS_EXIT_HELP: Final = """\b
+With --check, exit codes:
+  0  the expected snapshot is complete, fresh and within the failure limits
+  6  its failures are over --max-failure-rate / --max-failures (or the run's own)
+  7  no snapshot, or it completed longer ago than --max-age
+  8  the expected snapshot is not complete (a run is going, or must be resumed)
+  2  DIR is not an output folder, or a bad option
+"""
+
+
+@cli.command("status", epilog=STATUS_EXIT_HELP)
+@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Judge the expected snapshot: one line, and exit 0, 6, 7 or 8 (for cron or a probe).",
+)
+@click.option(
+    "--max-age",
+    default=None,
+    metavar="DURATION",
+    help="With --check: it must have completed within this long (90m, 26h, 2d, 3600s). "
+    "Default 26h.",
+)
+@click.option(
+    "--date",
+    "snapshot_date",
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="Only this snapshot; with --check, the one expected. Default: the newest.",
+)
+@click.option(
+    "--max-failure-rate",
+    type=click.FloatRange(min=0, max=1),
+    default=None,
+    metavar="FRACTION",
+    help="With --check: exit 6 over this share of failed ids (default: the run's verdict).",
+)
+@click.option(
+    "--max-failures",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="With --check: exit 6 over N failed ids (default: the run's verdict).",
+)
+@_debug_option("Tracebacks on unexpected errors.")
+@click.pass_obj
+def status_command(obj: Seams | None, /, out_dir: Path, **options: Any) -> None:
+    """What the output folder DIR holds, per snapshot date; safe while a run is going on."""
+    seams = obj or Seams()
+    for name in ("max_age", "max_failure_rate", "max_failures"):
+        if options[name] is not None and not options["check"]:
+            raise UsageError(f"--{name.replace('_', '-')} applies to --check only: add --check")
+    date = None if options["snapshot_date"] is None else status.parse_date(options["snapshot_date"])
+    max_age = status.DEFAULT_MAX_AGE
+    if options["max_age"] is not None:
+        max_age = status.parse_duration(options["max_age"])
+    found = status.read_status(out_dir)
+    verdict: str | CheckFailed | None = None
+    if options["check"]:
+        try:
+            verdict = status.check(
+                found,
+                now=seams.clock(),
+                max_age=max_age,
+                date=date,
+                max_failure_rate=options["max_failure_rate"],
+                max_failures=options["max_failures"],
+            )
+        except CheckFailed as exc:
+            verdict = exc
+    if options["as_json"]:
+        document = found.to_json(date)
+        if verdict is not None:
+            code = verdict.exit_code if isinstance(verdict, CheckFailed) else 0
+            document["check"] = {"exit_code": code, "message": str(verdict)}
+        click.echo(json.dumps(document, ensure_ascii=False, indent=2))
+    elif verdict is None:
+        click.echo(found.to_text(date))
+    elif isinstance(verdict, str):
+        click.echo(verdict)
+    if isinstance(verdict, CheckFailed):
+        raise verdict  # one line on stderr and its exit code, from the error boundary
 
 
 def _latency(text: str) -> tuple[float, float]:
