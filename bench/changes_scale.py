@@ -1,0 +1,95 @@
+"""``changes`` at scale: 30 daily snapshots of 10,000 creators, time and peak memory.
+
+The dataset is built in process, as 30 runs would leave it (flatten → parts → failures.csv →
+changes → manifest, through the pipeline's own functions, without HTTP: the fetch is measured
+elsewhere), with counters that drift from day to day.  Then ``xhs-profiles changes`` runs as a
+measured child twice: for the 30th snapshot (29 earlier ``profile_changes`` partitions of
+history) and for the 5th (4 of them), so the ratio of their peak memory shows whether memory
+grows with the number of snapshots.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.harness import XHS, run_child
+from pipeline import changes, sink
+from pipeline.flatten import flatten
+from pipeline.records import FetchedProfile
+from pipeline.sandbox import build_profile
+from pipeline.state import State
+
+START = dt.date(2026, 1, 1)
+
+
+def _bodies(ids: list[str]) -> dict[str, dict[str, Any]]:
+    return {uid: build_profile(uid) for uid in ids}
+
+
+def _drifted(data: dict[str, Any], day: int, rank: int) -> bytes:
+    """Followers grow 0.1–1% a day by creator; one creator in 500 jumps on day 20."""
+    grown = dict(data)
+    factor = 1 + day * (0.001 + (rank % 10) * 0.001)
+    grown["fans"] = int(data.get("fans") or 0) * factor + (
+        50_000 if rank % 500 == 0 and day >= 20 else 0
+    )
+    grown["fans"] = int(grown["fans"])
+    grown["liked"] = int((data.get("liked") or 0) * factor)
+    return orjson.dumps(grown)
+
+
+def build_dataset(out: Path, creators: int, snapshots: int) -> float:
+    """Write ``snapshots`` complete daily snapshots of ``creators``; returns seconds taken."""
+    started = time.perf_counter()
+    ids = [f"{n:024x}" for n in range(1, creators + 1)]
+    bodies = _bodies(ids)
+    for day in range(snapshots):
+        date = START + dt.timedelta(days=day)
+        fetched_at = dt.datetime.combine(date, dt.time(2), tzinfo=dt.UTC)
+        batch = [
+            FetchedProfile(uid, _drifted(bodies[uid], day, rank), None, fetched_at)
+            for rank, uid in enumerate(ids)
+        ]
+        with State.open(out, date) as state:
+            parts = [
+                sink.write_part(out, table, date, frame)
+                for table, frame in flatten(batch).by_table()
+            ]
+            state.mark_written([], parts)
+            sink.write_failures(out, date, [])
+            changes.write(state, out, date)
+            sink.write_manifest(out, date, state.parts(), 0, {"outcome": "completed"})
+    return time.perf_counter() - started
+
+
+def measure(work: Path, creators: int = 10_000, snapshots: int = 30) -> dict[str, float]:
+    out = work / "changes-scale"
+    built_s = build_dataset(out, creators, snapshots)
+    figures: dict[str, float] = {"creators": creators, "snapshots": snapshots, "build_s": built_s}
+    for label, day in (("last", snapshots - 1), ("fifth", 4)):
+        date = START + dt.timedelta(days=day)
+        run = run_child(
+            [str(XHS), "changes", str(out), "--to", date.isoformat()],
+            log_dir=work / f"changes-{label}",
+            cap_s=600,
+        )
+        if run.returncode != 0:
+            raise RuntimeError(f"changes failed: {run.stderr.strip()}")
+        figures[f"{label}_wall_s"] = run.wall_s
+        figures[f"{label}_cpu_s"] = run.cpu_s
+        figures[f"{label}_peak_rss_mb"] = run.peak_rss_mb
+    return figures
+
+
+if __name__ == "__main__":
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="xhs-changes-") as folder:
+        n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+        print(measure(Path(folder), creators=n))
