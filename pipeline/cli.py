@@ -43,6 +43,8 @@ from pipeline.errors import (
 )
 from pipeline.progress import make_progress
 from pipeline.redaction import install_log_redaction, mask
+from pipeline.report import DEFAULT_NAME as REPORT_NAME
+from pipeline.report import write_report
 from pipeline.run_report import Outcome, RunReport
 from pipeline.sandbox import Sandbox, SandboxConfig, serve
 
@@ -417,6 +419,25 @@ def schema_command(output_format: str, **_options: Any) -> None:
         click.echo(json.dumps(schema.as_json(), ensure_ascii=False, indent=2))
     else:
         click.echo(schema.markdown(), nl=False)
+
+
+@cli.command("report")
+@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help=f"The HTML file to write. Default DIR/{REPORT_NAME}.",
+)
+@_debug_option("Tracebacks on unexpected errors.")
+def report_command(out_dir: Path, out_file: Path | None, **_options: Any) -> None:
+    """Write one self-contained HTML page about DIR: freshness, runs, outcomes, creators."""
+    written = write_report(out_dir, out_file)
+    click.echo(
+        f"report: {written.path} ({written.size:,} bytes, snapshot "
+        f"{written.snapshot_date.isoformat()})"
+    )
 
 
 def _latency(text: str) -> tuple[float, float]:
