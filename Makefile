@@ -13,7 +13,7 @@ OUT ?= out
 # Extra arguments: to the CLI for `make run`, to pytest for `make test-fast`.
 ARGS ?=
 
-.PHONY: help uv install run test test-fast lint format bench fuzz soak clean
+.PHONY: help uv install browser run test test-fast lint format bench fuzz soak clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,7 +39,20 @@ run: install ## run the main job (no JUSTONEAPI_TOKEN: the built-in sandbox on d
 	  $(BIN)/xhs-profiles run $(IDS) --out $(OUT) --sandbox $(ARGS); \
 	fi
 
-test: install lint ## lint, type-check, run every test (bench smoke included), show the 15 slowest
+# Debian's chromium and a CJK font for the report's browser test, when they are missing and this
+# is a root shell with apt-get; otherwise the test skips and says why.  Never a browser download.
+browser: ## Debian's chromium + a CJK font for the report's browser test (root + apt-get; else it skips)
+	@if [ -x /usr/bin/chromium ] && fc-list :lang=zh family 2>/dev/null | grep -q .; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium and fonts-wqy-zenhei for the report's browser test"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends chromium fonts-wqy-zenhei; } >/dev/null 2>&1 \
+	    || echo "could not install chromium or the font: the browser test will skip" >&2; \
+	else \
+	  echo "no /usr/bin/chromium or CJK font, and no root apt-get to install them: the browser test will skip" >&2; \
+	fi
+
+test: install lint browser ## lint, type-check, run every test (bench smoke included), show the 15 slowest
 	$(UV) sync --locked --inexact --quiet --group dev --group bench
 	$(BIN)/pytest -q --durations=15
 

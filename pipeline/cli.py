@@ -45,6 +45,8 @@ from pipeline.errors import (
 )
 from pipeline.progress import make_progress
 from pipeline.redaction import install_log_redaction, mask
+from pipeline.report import DEFAULT_NAME as REPORT_NAME
+from pipeline.report import write_report
 from pipeline.run_report import Outcome, RunReport
 from pipeline.sandbox import Sandbox, SandboxConfig, serve
 from pipeline.schema import DEFAULT_TIERS
@@ -551,6 +553,25 @@ def status_command(obj: Seams | None, /, out_dir: Path, **options: Any) -> None:
         click.echo(verdict)
     if isinstance(verdict, CheckFailed):
         raise verdict  # one line on stderr and its exit code, from the error boundary
+
+
+@cli.command("report")
+@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help=f"The HTML file to write. Default DIR/{REPORT_NAME}.",
+)
+@_debug_option("Tracebacks on unexpected errors.")
+def report_command(out_dir: Path, out_file: Path | None, **_options: Any) -> None:
+    """Write one self-contained HTML page about DIR: freshness, runs, outcomes, creators."""
+    written = write_report(out_dir, out_file)
+    click.echo(
+        f"report: {written.path} ({written.size:,} bytes, snapshot "
+        f"{written.snapshot_date.isoformat()})"
+    )
 
 
 def _latency(text: str) -> tuple[float, float]:
