@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Generic, TypeVar
 
+from pipeline.schema import DEFAULT_TIERS
+
 T = TypeVar("T")
 
 # How many rows each capped table shows (the page says so when there are more).
@@ -27,15 +29,8 @@ TOP_SNAPSHOTS: Final = 30
 TEXT_CUT: Final = 80
 
 # Tiers by followers, used only when the snapshot has no ``profile_changes`` rows to take
-# ``tier`` from (a first snapshot): STIM's bounds, the lowest tier taking everything under
-# 10K, with the Chinese labels of the schema.  (lower bound, tier, label), ascending.
-FALLBACK_TIERS: Final = (
-    (0, "nano", "素人"),
-    (10_000, "micro", "KOC"),
-    (50_000, "mid", "腰部"),
-    (500_000, "macro", "头部"),
-    (1_000_000, "mega", "超头部"),
-)
+# ``tier`` from (a first snapshot): the same default bounds ``changes`` applies.
+FALLBACK_TIERS: Final = DEFAULT_TIERS
 TIER_ORDER: Final = tuple(tier for _, tier, _ in FALLBACK_TIERS)
 
 # What a failures.csv code means, for the outcome table.
