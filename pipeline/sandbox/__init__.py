@@ -66,13 +66,19 @@ mode               answer
 """
 
 from pipeline.errors import SandboxListenError, SandboxOptionError
-from pipeline.sandbox.config import SandboxConfig, SandboxStats, parse_mode
+from pipeline.sandbox.config import SandboxConfig, SandboxStats, drift_config_for, parse_mode
+from pipeline.sandbox.drift import EVENT_KINDS, DriftEvent, DriftModel, DriftPlan, Growth, growth
 from pipeline.sandbox.profiles import TOAST_FANS, TOAST_FOLLOWS, build_profile, display_count
 from pipeline.sandbox.server import Sandbox, make_app, serve
 
 __all__ = [
+    "EVENT_KINDS",
     "TOAST_FANS",
     "TOAST_FOLLOWS",
+    "DriftEvent",
+    "DriftModel",
+    "DriftPlan",
+    "Growth",
     "Sandbox",
     "SandboxConfig",
     "SandboxListenError",
@@ -80,6 +86,8 @@ __all__ = [
     "SandboxStats",
     "build_profile",
     "display_count",
+    "drift_config_for",
+    "growth",
     "make_app",
     "parse_mode",
     "serve",
