@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import polars as pl
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
@@ -39,7 +40,7 @@ from pipeline.sandbox import (
     growth,
 )
 from pipeline.sandbox.profiles import profile_json
-from tests.helpers import make_id, write_ids
+from tests.helpers import make_id, read_failures, write_ids
 
 V4 = "/api/xiaohongshu/get-user/v4"
 START = date(2026, 12, 1)
@@ -594,3 +595,34 @@ def test_the_command_prints_the_plan_it_serves(tmp_path: Path, sandbox: SandboxF
     assert lines[1:12] == [f"  {line}" for line in DEMO.describe()]
     assert lines[12].startswith(f"sandbox API on http://127.0.0.1:{port} ")
     assert result.exit_code == 2
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+
+def test_daily_runs_against_one_drifted_server_store_each_dates_counters(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """What the changes table will compare: each snapshot holds its own date's counters."""
+    ids = sorted({e.user_id for e in DEMO.events} | set(IDS[:10]))
+    csv_path = write_ids(tmp_path / "ids.csv", ids)
+    box = sandbox(config=drift_config_for(START, ids, start=START))
+    assert box.config.drift == DriftPlan.demo(ids, START)
+    model, out = DriftModel(box.config.drift), tmp_path / "out"
+    for n in (2, 3, 6):
+        box.set_date(day(n))
+        args = ["run", str(csv_path), "--out", str(out), "--base-url", box.base_url,
+                "--snapshot-date", day(n).isoformat(), "--no-progress"]  # fmt: skip
+        env = {"JUSTONEAPI_TOKEN": "sandbox", "JUSTONEAPI_BASE_URL": None}
+        result = CliRunner().invoke(cli, args, obj=Seams(), env=env)
+        assert result.exit_code == 0, result.output
+        profiles = pl.read_parquet(out / "profiles" / f"dt={day(n)}" / "*.parquet")
+        fans = dict(zip(profiles["user_id"], profiles["fans"], strict=True))
+        present = {u for u in ids if model.absent(u, n) is None}
+        assert fans == {u: model.profile(u, day(n))["fans"] for u in present}
+        failed = {row["user_id"]: row["code"] for row in read_failures(out, day(n).isoformat())}
+        assert failed == {u: "404" if model.absent(u, n) == "code:404" else "0"
+                          for u in set(ids) - present}  # fmt: skip
+    spiked = demo_id("spike")[0]
+    assert model.profile(spiked, day(3))["fans"] - model.profile(spiked, day(2))["fans"] == 50_000
+    assert box.stats().calls == 3 * len(ids)
