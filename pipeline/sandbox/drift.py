@@ -7,10 +7,10 @@ function of (seed, id, D, plan) only, so two runs of a week of snapshots see the
 - Organic change: each creator's rates come from a BLAKE2 hash of (seed, id), as every sandbox
   draw does (``hash()`` is salted per process, so it decides nothing here).  About 6% are flat,
   8% shrink slightly (followers −0.05 to −0.3%/day, no new notes), the rest grow: followers
-  0.1–2%/day, log-uniform so most grow slowly, likes and saves at 0.5–1.5× that rate, a note
-  every 1 to 14 days or none.  A rate applies to the *day-0* value and the cumulated growth is
-  floored, so counters stay exact integers, move one way, and a year-long plan cannot overflow
-  an Int64 column as compound growth at 2%/day would.
+  0.1–2%/day, log-uniform so most grow slowly, likes and saves at 0.5–1.5× that rate, follows
+  up to 0.3%/day, a note every 1 to 14 days or none.  A rate applies to the *day-0* value and
+  the cumulated growth is floored, so counters stay exact integers, move one way, and a
+  year-long plan cannot overflow an Int64 column as compound growth at 2%/day would.
 - An event replaces that day's organic change of the counters it touches, so comparing D with
   D−1 shows exactly its amount (a spike is +50,000, not +50,000 plus growth); the counter then
   grows on from there, one day of growth behind the eventless creator.  Events persist.
