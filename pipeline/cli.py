@@ -22,7 +22,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import click
 import httpx
 
-from pipeline import changes, runner, schema, status
+from pipeline import changes, runner, schema, sink, status
 from pipeline.config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -43,12 +43,14 @@ from pipeline.errors import (
     UsageError,
     XhsProfilesError,
 )
+from pipeline.ids import open_id_file
 from pipeline.progress import make_progress
 from pipeline.redaction import install_log_redaction, mask
 from pipeline.report import DEFAULT_NAME as REPORT_NAME
 from pipeline.report import write_report
 from pipeline.run_report import Outcome, RunReport
-from pipeline.sandbox import Sandbox, SandboxConfig, serve
+from pipeline.sandbox import DriftPlan, Sandbox, SandboxConfig, drift_config_for, serve
+from pipeline.sandbox.drift import parse_date
 from pipeline.schema import DEFAULT_TIERS
 from pipeline.timestamps import utcnow
 
@@ -260,8 +262,10 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
     seams = obj or Seams()
     show_progress = not options.pop("no_progress")
     if options.pop("use_sandbox"):
-        sandbox_config = SandboxConfig.from_options(
-            latency=(0.01, 0.05), fault_mix="301:0.1,500:0.05"
+        snapshot = options["snapshot_date"]
+        day = parse_snapshot_date(snapshot) if snapshot else utcnow().date()
+        sandbox_config = _drifting_sandbox(
+            options["input_csv"], options["id_column"], options["out_dir"], day
         )
         with Sandbox(sandbox_config) as sandbox:
             options["base_url"] = sandbox.base_url
@@ -281,6 +285,19 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
         raise Interrupted()
     if report.failure_check is not None and report.failure_check.exceeded:
         raise FailureThresholdExceeded(report.failure_check.message())
+
+
+def _drifting_sandbox(
+    input_csv: Path, id_column: str | None, out_dir: Path, day: dt.date
+) -> SandboxConfig:
+    """``--sandbox`` answers as of the snapshot date, in a history that starts at the oldest
+    complete snapshot in --out: a series of daily runs sees its creators grow, and the demo
+    plan's events (a spike, a rename, a deletion, ...) on days 3 to 6 of the series."""
+    ids = [row.user_id for row in open_id_file(input_csv, id_column) if row.user_id]
+    start = min([*sink.manifest_dates(out_dir), day])
+    return drift_config_for(
+        day, ids, start=start, latency=(0.01, 0.05), fault_mix="301:0.1,500:0.05"
+    )
 
 
 def _run(config: RunConfig, seams: Seams, show_progress: bool) -> RunReport:
@@ -386,9 +403,31 @@ def _fail(code: int, message: str) -> NoReturn:
     help="Answer HTTP 404 for this API version.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--drift",
+    is_flag=True,
+    help="Profiles change with the date: every id grows (or not) at its own rate, and the "
+    "plan's scripted events happen (--drift-ids or --drift-plan, which imply --drift).",
+)
+@click.option(
+    "--drift-ids",
+    default=None,
+    metavar="FILE.csv",
+    help="The demo plan: its events go to ids of this CSV, on days 3-6 after --date.",
+)
+@click.option("--drift-plan", default=None, metavar="FILE.json", help="A drift plan to serve.")
+@click.option(
+    "--date",
+    "as_of",
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="With --drift: the date answered for (default: today UTC, following the clock); "
+    "POST /_sandbox/date moves it.",
+)
 @_debug_option("Tracebacks on unexpected errors.")
 def sandbox_command(host: str, port: int, **options: Any) -> None:
     """Serve a realistic fake of get-user/v4 (and v3) on HOST:PORT until Ctrl-C."""
+    drift = _sandbox_drift(options)
     config = SandboxConfig.from_options(
         token=options["token"],
         latency=_latency(options["latency"]),
@@ -400,7 +439,18 @@ def sandbox_command(host: str, port: int, **options: Any) -> None:
         scripts=options["script"],
         gone_versions=frozenset(options["gone"]),
         seed=options["seed"],
+        **drift,
     )
+    if config.drift is not None:
+        plan, on = config.drift, config.as_of
+        when = on.isoformat() if on else "today UTC, following the clock"
+        click.echo(
+            f"drift: plan from {plan.start} (day 0) with {len(plan.events)} events; answering "
+            f"as of {when}; POST /_sandbox/date moves it",
+            err=True,
+        )
+        for line in plan.describe():
+            click.echo(f"  {line}", err=True)
     click.echo(
         f"sandbox API on http://{host}:{port} (token {config.token!r}); Ctrl-C stops it", err=True
     )
@@ -449,6 +499,37 @@ def changes_command(out_dir: Path, **options: Any) -> None:
 
 def _days(span: dt.timedelta) -> str:
     return f"{span.days} day{'s' * (span.days != 1)}"
+
+
+def _sandbox_drift(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``drift`` and ``as_of`` settings the sandbox options ask for (none without drift).
+
+    The demo plan takes its ids from --drift-ids, not from the ids the server is asked about:
+    those arrive in whatever order the client sends, and the plan must not depend on it.
+    """
+    ids_file, plan_file, date_text = options["drift_ids"], options["drift_plan"], options["as_of"]
+    if not (options["drift"] or ids_file or plan_file):
+        if date_text is not None:
+            raise SandboxOptionError("--date needs --drift: without it every date answers the same")
+        return {}
+    if ids_file and plan_file:
+        raise SandboxOptionError("give --drift-ids or --drift-plan, not both")
+    as_of = parse_date(date_text, "--date") if date_text is not None else None
+    if plan_file:
+        return {"drift": DriftPlan.load(Path(plan_file)), "as_of": as_of}
+    if not ids_file:
+        raise SandboxOptionError(
+            "--drift needs --drift-ids FILE.csv (the demo plan's events go to its ids) "
+            "or --drift-plan FILE.json"
+        )
+    try:
+        ids = [row.user_id for row in open_id_file(Path(ids_file)) if row.user_id is not None]
+    except UsageError as exc:
+        raise SandboxOptionError(f"--drift-ids: {exc}") from None
+    if not ids:
+        raise SandboxOptionError(f"--drift-ids: {ids_file} has no valid ids")
+    start = as_of or utcnow().date()
+    return {"drift": DriftPlan.demo(ids, start, options["seed"]), "as_of": as_of}
 
 
 @cli.command("schema")

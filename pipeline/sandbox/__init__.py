@@ -8,8 +8,9 @@ Rules it follows:
   ``gone_versions`` (HTTP 404 HTML) → the token is not ``config.token`` (code 100) → the daily
   quota is used up (code 303) → the token bucket (``rate_limit`` a second, burst of one
   second's worth) is empty (code 302, HTTP 200) → ``userId`` is not 24 hex characters (code
-  400) → the id's script, then ``never_succeed`` (code 500 for ever), then ``fault_mix`` (the
-  id's first answered call only) → success.  v3 also accepts a profile URL as ``userId``.
+  400) → the id's script, then the drift plan (an id gone or not yet born on the sandbox's date),
+  then ``never_succeed`` (code 500 for ever), then ``fault_mix`` (the id's first answered call
+  only) → success.  v3 also accepts a profile URL as ``userId``.
   Every code-302 answer, limiter or scripted, carries ``Retry-After`` when ``retry_after`` is
   set.  Latency is slept after the decision, so a client that gives up still paid for its call.
 - The ledger is exact and written before any wait: every API request counts in ``calls`` and
@@ -25,9 +26,10 @@ Rules it follows:
   ``pipeline/sandbox/data``): counters vary but keep the facts real samples show
   (interaction count == liked + collected, fans/follows equal their interactions entries,
   ``ndiscovery == note_num_stat.posted``); tags, privacy, optional keys and locations vary.
-- The hot path is cheap: a profile's ``data`` bytes are generated once and kept in an LRU cache,
-  the envelope is joined as bytes, ``recordTime`` is formatted once a second, access log is off.
-  ``build_profile`` gives the same data to tests that want profiles without a server.
+- The hot path is cheap: a profile's ``data`` bytes are generated once and kept in an LRU cache
+  (per id and seed; with drift per id and day), the envelope is joined as bytes, ``recordTime``
+  is formatted once a second, access log is off.  ``build_profile`` (and ``DriftModel.profile``)
+  give the same data to tests that want profiles without a server.
 - Messages never echo the token.
 
 Modes (for ``scripts``, ``fault_mix`` and ``POST /_sandbox/script``):
@@ -61,18 +63,57 @@ mode               answer
 ``slow``           success after max(2 × the latency's maximum, 1 s)
 =================  ==========================================================================
 
+Drift (``SandboxConfig.drift``, ``pipeline.sandbox.drift``): without it every date answers the
+same counters.  With a ``DriftPlan`` (a start date and scripted events) the profile of an id on
+a date is a function of (seed, id, date, plan): day 0 is the plain profile, then each creator
+grows at its own rate (6% flat, 8% shrinking slightly, the rest 0.1–2% followers a day), exact
+integers that keep the facts above, and the plan's events happen on their dates and persist.
+An event replaces that day's organic change of what it touches, so the day-over-day delta is
+exactly its amount.  ``DriftPlan.demo(ids, start)`` spreads one of each over days 3–6 (its
+docstring says which id gets which); plans load from and dump to JSON
+(``{"start": "2026-12-01", "events": [{"user_id", "date", "kind", "params"}]}``).
+``drift_config_for(snapshot_date, ids, start=...)`` is the config for one snapshot of a series.
+
+======================  ==========================================================================
+event                   effect on its date (``params``, defaults)
+======================  ==========================================================================
+``spike``               followers +50,000 (``followers``)
+``round_jump``          followers +10,000 exactly (``followers``)
+``purge``               followers −30% (``percent``)
+``follows_spike``       follows +2,000 (``follows``)
+``rename``              a new ``nickname`` (``nickname``; default drawn)
+``bio``                 a new ``desc`` and ``user_desc_info.desc`` (``desc``; default drawn)
+``notes_deleted``       notes posted −5 (``notes``)
+``gone``                code 0 with ``data: {}``; ``{"code": 404}``: HTTP 200, code 404 "not found"
+``born``                code 404 before the date, the normal profile from it (a new id appears)
+``fans_no_engagement``  followers +20,000 while liked and collected stay flat (``followers``)
+======================  ==========================================================================
+
+The sandbox's date is server state, never part of a request (the real API takes none):
+``SandboxConfig.as_of`` pins it, ``Sandbox.set_date`` and ``POST /_sandbox/date``
+``{"date": "YYYY-MM-DD"}`` (``null``: follow the clock) move a running server, so one process
+serves a week; without ``as_of`` each request is answered for its UTC date.  ``GET
+/_sandbox/date`` tells the date, its plan day and the start.  Gone and unborn answers are not
+successes in the ledger, which spans every date the server answered for.
+
 ``GET /_sandbox/stats`` returns the ledger as JSON; ``POST /_sandbox/script`` takes
 ``{user_id: [modes]}``, so a test can drive a sandbox running in another process.
 """
 
 from pipeline.errors import SandboxListenError, SandboxOptionError
-from pipeline.sandbox.config import SandboxConfig, SandboxStats, parse_mode
+from pipeline.sandbox.config import SandboxConfig, SandboxStats, drift_config_for, parse_mode
+from pipeline.sandbox.drift import EVENT_KINDS, DriftEvent, DriftModel, DriftPlan, Growth, growth
 from pipeline.sandbox.profiles import TOAST_FANS, TOAST_FOLLOWS, build_profile, display_count
 from pipeline.sandbox.server import Sandbox, make_app, serve
 
 __all__ = [
+    "EVENT_KINDS",
     "TOAST_FANS",
     "TOAST_FOLLOWS",
+    "DriftEvent",
+    "DriftModel",
+    "DriftPlan",
+    "Growth",
     "Sandbox",
     "SandboxConfig",
     "SandboxListenError",
@@ -80,6 +121,8 @@ __all__ = [
     "SandboxStats",
     "build_profile",
     "display_count",
+    "drift_config_for",
+    "growth",
     "make_app",
     "parse_mode",
     "serve",

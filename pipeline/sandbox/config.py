@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
 import orjson
 
 from pipeline.errors import SandboxOptionError
+from pipeline.sandbox.drift import DriftPlan, parse_date
 
 API_PATH: Final = "/api/xiaohongshu/get-user/{version}"
 VERSIONS: Final = frozenset({"v3", "v4"})
@@ -102,6 +106,8 @@ class SandboxConfig:
     scripts: Mapping[str, Sequence[str]] = field(default_factory=dict)
     gone_versions: frozenset[str] = frozenset()
     seed: int = 0
+    drift: DriftPlan | None = None  # profiles change with the date (pipeline.sandbox.drift)
+    as_of: date | None = None  # the date answered for; None: the UTC date at each request
 
     def __post_init__(self) -> None:
         lo, hi = float(self.latency[0]), float(self.latency[1])
@@ -127,6 +133,12 @@ class SandboxConfig:
         object.__setattr__(self, "fault_mix", MappingProxyType(fault_mix))
         object.__setattr__(self, "scripts", MappingProxyType(scripts))
         object.__setattr__(self, "gone_versions", frozenset(self.gone_versions))
+        if self.drift is not None and not isinstance(self.drift, DriftPlan):
+            raise SandboxOptionError(f"drift must be a DriftPlan, got {self.drift!r}")
+        if self.as_of is not None:
+            if self.drift is None:
+                raise SandboxOptionError(_NO_DRIFT)
+            object.__setattr__(self, "as_of", parse_date(self.as_of, "as_of"))
 
     @classmethod
     def from_options(cls, **kwargs: Any) -> SandboxConfig:
@@ -134,7 +146,8 @@ class SandboxConfig:
 
         ``latency``: a number, ``(min, max)``, ``"MIN:MAX"``, ``"MIN-MAX"`` or ``"MIN,MAX"``;
         ``fault_mix``: ``"301:0.05,reset:0.02"``; ``scripts``: ``"ID=mode,mode;ID2=mode"``;
-        ``gone_versions``: ``"v4"`` or ``"v3,v4"`` or any iterable.
+        ``gone_versions``: ``"v4"`` or ``"v3,v4"`` or any iterable; ``drift``: a ``DriftPlan``
+        or the path of its JSON file; ``as_of``: a date or ``"YYYY-MM-DD"``.
         """
         unknown = set(kwargs) - set(cls.__dataclass_fields__)
         if unknown:
@@ -151,6 +164,10 @@ class SandboxConfig:
                 gone = values["gone_versions"]
                 items = gone.split(",") if isinstance(gone, str) else gone
                 values["gone_versions"] = frozenset(v.strip() for v in items if v.strip())
+            if isinstance(values.get("drift"), str | Path):
+                values["drift"] = DriftPlan.load(Path(values["drift"]))
+            if "as_of" in values:
+                values["as_of"] = parse_date(values["as_of"], "as_of")
             for name in ("rate_limit", "retry_after", "never_succeed", "daily_quota", "seed"):
                 if name in values:
                     values[name] = (int if name in ("daily_quota", "seed") else float)(values[name])
@@ -159,6 +176,24 @@ class SandboxConfig:
             if isinstance(exc, SandboxOptionError):
                 raise
             raise SandboxOptionError(f"bad sandbox option: {exc}") from None
+
+
+_NO_DRIFT: Final = "a sandbox date needs a drift plan: without one every date answers the same"
+
+
+def drift_config_for(
+    snapshot_date: date, ids: Iterable[str], *, start: date, **options: Any
+) -> SandboxConfig:
+    """A sandbox that answers as of ``snapshot_date`` in a history of ``ids`` begun at ``start``.
+
+    The plan is ``DriftPlan.demo(ids, start, seed)``: day 0 (``start``) answers the plain
+    profiles, the scripted events fall on days 3–6.  Every run of one series must pass the same
+    ``start``, ids and seed, or its snapshots see different histories.  ``options`` are
+    ``from_options``'s (``latency``, ``fault_mix``, ``seed``, ...).
+    """
+    config = SandboxConfig.from_options(**options)
+    plan = DriftPlan.demo(ids, parse_date(start, "start"), config.seed)
+    return dataclasses.replace(config, drift=plan, as_of=parse_date(snapshot_date, "the date"))
 
 
 def _parse_latency(value: object) -> tuple[float, float]:

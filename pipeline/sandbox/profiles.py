@@ -74,6 +74,16 @@ def build_profile(user_id: str, seed: int = 0) -> dict[str, Any]:
 
 @lru_cache(maxsize=_PROFILE_CACHE_SIZE)
 def profile_json(user_id: str, seed: int) -> bytes:
+    return orjson.dumps(profile_data(user_id, seed))
+
+
+def vocabulary() -> dict[str, Any]:
+    """The word lists profiles are drawn from (nicknames, bio lines, places, ...)."""
+    return _template().vocab
+
+
+def profile_data(user_id: str, seed: int) -> dict[str, Any]:
+    """A new ``data`` dict for ``user_id`` each call, so a caller may change it (drift does)."""
     rng = random.Random(draw(seed, "profile", user_id))
     tpl = _template()
     words = tpl.vocab
@@ -144,7 +154,7 @@ def profile_json(user_id: str, seed: int) -> bytes:
             del data["share_info_v2"][key]
     if rng.random() < 0.3:
         data["seller_info"] = words["seller_info"]
-    return orjson.dumps(data)
+    return data
 
 
 def _tags(rng: random.Random, words: dict[str, Any], gender: int, place: str) -> list[Any]:

@@ -12,7 +12,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Final, TypeVar
+from datetime import date
+from typing import Any, Final, TypeVar
 from urllib.parse import unquote
 
 import orjson
@@ -28,6 +29,7 @@ from pipeline.sandbox.config import (
     SandboxStats,
     parse_mode,
 )
+from pipeline.sandbox.drift import EMPTY_DATA, NOT_FOUND, DriftModel, parse_date
 from pipeline.sandbox.profiles import (
     NOT_JSON_PAGE,
     display_count,
@@ -50,6 +52,8 @@ _HTML = {"Content-Type": "text/html; charset=utf-8"}
 _GONE = parse_mode("gone")
 _REJECTIONS: Final = {code: parse_mode(f"code:{code}") for code in (100, 302, 303, 400, 500)}
 _OK = parse_mode("ok")
+_ABSENT: Final = {name: parse_mode(name) for name in (EMPTY_DATA, NOT_FOUND)}
+_NO_DRIFT_PLAN: Final = "this sandbox has no drift plan (--drift): every date answers the same"
 
 
 class _ServerState:
@@ -79,6 +83,35 @@ class _ServerState:
         self._serial = 0
         self._second = -1
         self._stamp = b""
+        self.drift = None if config.drift is None else DriftModel(config.drift, config.seed)
+        self._day: int | None = None  # the plan day answered for; None: follow the UTC clock
+        if self.drift is not None and config.as_of is not None:
+            self._day = self.drift.day(config.as_of)
+
+    def day(self, drift: DriftModel) -> int:
+        return self._day if self._day is not None else drift.day_of_clock(time.time())
+
+    def set_date(self, on: date | None) -> None:
+        """Answer as of ``on`` from the next request on (None: the UTC date of each request)."""
+        if self.drift is None:
+            raise SandboxOptionError(_NO_DRIFT_PLAN)
+        self._day = None if on is None else self.drift.day(on)
+
+    def date_info(self) -> dict[str, Any]:
+        drift = self.drift
+        if drift is None:
+            return {"drift": False, "date": None}
+        day = self.day(drift)
+        start, on = drift.plan.start.isoformat(), drift.date_of(day).isoformat()
+        return {"drift": True, "date": on, "day": day, "start": start,
+                "follows_clock": self._day is None}  # fmt: skip
+
+    def profile(self, user_id: str) -> bytes:
+        """The ``data`` bytes ``user_id`` is answered with now (drifted to the date, if any)."""
+        drift = self.drift
+        if drift is None:
+            return profile_json(user_id, self.config.seed)
+        return drift.profile_json(user_id, self.day(drift))
 
     def decide(self, version: str, token: str | None, raw_id: str) -> tuple[str, Mode]:
         """Record the call in the ledger and pick how to answer it."""
@@ -129,6 +162,11 @@ class _ServerState:
             start, modes = script
             if 0 <= entry[2] - start - 1 < len(modes):
                 return modes[entry[2] - start - 1]
+        drift = self.drift
+        if drift is not None:  # gone, or not born yet: the account has no profile on this date
+            absent = drift.absent(user_id, self.day(drift))
+            if absent is not None:
+                return _ABSENT[absent]
         seed = self.config.seed
         if self.config.never_succeed and (
             draw(seed, "never", user_id) / 2**64 < self.config.never_succeed
@@ -167,7 +205,7 @@ class _ServerState:
                          b'","data":', data, b"}"))  # fmt: skip
 
     def success_body(self, user_id: str) -> bytes:
-        return self.envelope(b"0", "success", profile_json(user_id, self.config.seed))
+        return self.envelope(b"0", "success", self.profile(user_id))
 
 
 _STATE: Final = web.AppKey("xhs_sandbox_state", _ServerState)
@@ -202,8 +240,8 @@ def _json_body(state: _ServerState, mode: Mode, uid: str) -> bytes:
     if kind in _FIXED_DATA:
         return state.envelope(b"0", "success", _FIXED_DATA[kind])
     if kind == "other_user":  # the next id's profile: a mix-up upstream, paid for all the same
-        return state.envelope(b"0", "success", profile_json(_next_id(uid), state.config.seed))
-    data = profile_json(uid, state.config.seed)
+        return state.envelope(b"0", "success", state.profile(_next_id(uid)))
+    data = state.profile(uid)
     if kind in ("code_string", "no_code"):
         return state.envelope(b'"0"' if kind == "code_string" else None, "success", data)
     if kind == "deep":
@@ -310,6 +348,19 @@ async def _handle_script(request: web.Request) -> web.Response:
     return _json_response(orjson.dumps({"ok": True, "scripted": sorted(parsed)}))
 
 
+async def _handle_date(request: web.Request) -> web.Response:
+    state = request.app[_STATE]
+    if request.method == "POST":
+        try:
+            body = orjson.loads(await request.read())
+            if not isinstance(body, dict) or set(body) != {"date"}:
+                raise SandboxOptionError('expected a JSON object {"date": "YYYY-MM-DD"}')
+            state.set_date(None if body["date"] is None else parse_date(body["date"]))
+        except (orjson.JSONDecodeError, SandboxOptionError) as exc:
+            return _json_response(orjson.dumps({"ok": False, "error": str(exc)}), 400)
+    return _json_response(orjson.dumps({"ok": True, **state.date_info()}))
+
+
 def make_app(config: SandboxConfig) -> web.Application:
     """The sandbox as an aiohttp application (its ledger lives in the app)."""
     app = web.Application()
@@ -317,6 +368,8 @@ def make_app(config: SandboxConfig) -> web.Application:
     app.router.add_get(API_PATH, _handle_api)
     app.router.add_get("/_sandbox/stats", _handle_stats)
     app.router.add_post("/_sandbox/script", _handle_script)
+    app.router.add_get("/_sandbox/date", _handle_date)
+    app.router.add_post("/_sandbox/date", _handle_date)
     return app
 
 
@@ -435,6 +488,14 @@ class Sandbox:
             self.config = dataclasses.replace(self.config, scripts=scripts)
             return
         self._in_loop(lambda: state.set_script(user_id, names))
+
+    def set_date(self, on: date | None) -> None:
+        """Answer as of ``on`` (None: the UTC date of each request); thread-safe, in effect when
+        it returns, and kept by a restart.  Without a drift plan: ``SandboxOptionError``."""
+        self.config = dataclasses.replace(self.config, as_of=on)  # validates, in this thread
+        state = self._state
+        if state is not None:
+            self._in_loop(lambda: state.set_date(on))
 
     def _in_loop(self, action: Callable[[], _T]) -> _T:
         loop = self._loop
