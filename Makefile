@@ -10,10 +10,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 IDS ?= data/sample_ids.csv
 OUT ?= out
+DEMO ?= out-demo
+DEMO_DAYS := 01 02 03 04 05 06 07 08
 # Extra arguments: to the CLI for `make run`, to pytest for `make test-fast`.
 ARGS ?=
 
-.PHONY: help uv install browser run test test-fast lint format bench fuzz soak clean
+.PHONY: help uv install browser run demo test test-fast lint format bench fuzz soak clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +54,16 @@ browser: ## Debian's chromium + a CJK font for the report's browser test (root +
 	  echo "no /usr/bin/chromium or CJK font, and no root apt-get to install them: the browser test will skip" >&2; \
 	fi
 
+demo: install ## eight daily snapshots against the drifting sandbox, then changes, report and examples
+	rm -rf $(DEMO)
+	@set -o pipefail; for day in $(DEMO_DAYS); do \
+	  $(BIN)/xhs-profiles run $(IDS) --out $(DEMO) --sandbox --no-progress \
+	    --snapshot-date 2026-11-$$day 2>/dev/null | sed -n 1p || exit 1; \
+	done
+	$(BIN)/xhs-profiles changes $(DEMO)
+	$(BIN)/xhs-profiles report $(DEMO)
+	$(BIN)/python examples/analysts.py $(DEMO)
+
 test: install lint browser ## lint, type-check, run every test (bench smoke included), show the 15 slowest
 	$(UV) sync --locked --inexact --quiet --group dev --group bench
 	$(BIN)/pytest -q --durations=15
@@ -84,4 +96,4 @@ soak: install ## 50 random SIGKILLs and resumes against the sandbox
 	$(BIN)/pytest -q tests/test_crash.py -k soak --soak-kills 50 -p no:randomly
 
 clean: ## remove .venv, out/, caches and the .tools venv (uv, when installed there)
-	rm -rf $(VENV) $(OUT) .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OUT) $(DEMO) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -88,15 +88,19 @@ def tier_counts(out: Path) -> pl.DataFrame:
     )
 
 
-def flagged(out: Path) -> pl.DataFrame:
-    """The latest snapshot's flagged creators, one row per flag, with its reason."""
+def flagged(out: Path, days: int = 7) -> pl.DataFrame:
+    """Creators flagged in the last ``days`` days of snapshots, one row per flag and snapshot,
+    with its reason (the rules and thresholds: the data dictionary's flag table)."""
     changes = scan(out, "profile_changes")
     latest = changes.select(pl.col("dt").max()).collect().item()
     return (
-        changes.filter((pl.col("dt") == latest) & (pl.col("flags").list.len() > 0))
-        .select("user_id", "nickname", "baseline_dt", "days", "flags", "flag_reasons")
+        changes.filter(
+            (pl.col("dt") > pl.lit(latest) - pl.duration(days=days))
+            & (pl.col("flags").list.len() > 0)
+        )
+        .select("dt", "user_id", "nickname", "flags", "flag_reasons")
         .explode("flags", "flag_reasons")
-        .sort("user_id", "flags")
+        .sort("dt", "user_id", "flags")
         .collect()
     )
 
@@ -110,7 +114,7 @@ def main(out: Path) -> None:
         ("7-day growth (±1 day)", growth(out, 7)),
         ("30-day growth (±1 day)", growth(out, 30)),
         ("tiers", tier_counts(out)),
-        ("flagged creators", flagged(out)),
+        ("flagged in the last 7 days", flagged(out)),
     ):
         print(f"## {title}: {frame.height} rows")
         print(frame.head(8))

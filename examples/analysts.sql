@@ -68,8 +68,8 @@ WHERE dt = (SELECT max(dt) FROM profile_changes) AND NOT disappeared
 GROUP BY ALL
 ORDER BY median_fans;
 
--- flagged creators in the latest snapshot, one row per flag with its reason
-SELECT user_id, nickname, baseline_dt, days, unnest(flags) AS flags, unnest(flag_reasons) AS flag_reasons
+-- creators flagged in the last 7 days of snapshots, one row per flag with its reason
+SELECT dt, user_id, nickname, unnest(flags) AS flags, unnest(flag_reasons) AS flag_reasons
 FROM profile_changes
-WHERE dt = (SELECT max(dt) FROM profile_changes) AND len(flags) > 0
-ORDER BY user_id, flags;
+WHERE dt > (SELECT max(dt) FROM profile_changes) - INTERVAL 7 DAY AND len(flags) > 0
+ORDER BY dt, user_id, flags;
