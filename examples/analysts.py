@@ -117,7 +117,7 @@ def main(out: Path) -> None:
         ("flagged in the last 7 days", flagged(out)),
     ):
         print(f"## {title}: {frame.height} rows")
-        print(frame.head(8))
+        print(frame.head(12))
 
 
 if __name__ == "__main__":
