@@ -9,10 +9,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import sys
 import textwrap
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn, TypeVar
@@ -40,7 +41,8 @@ from pipeline.errors import (
     UsageError,
     XhsProfilesError,
 )
-from pipeline.progress import make_progress
+from pipeline.events import LOGGER_NAME, EventLog
+from pipeline.progress import PROGRESS_MODES, Display, choose_display, make_progress
 from pipeline.redaction import install_log_redaction, mask
 from pipeline.run_report import Outcome, RunReport
 from pipeline.sandbox import Sandbox, SandboxConfig, serve
@@ -237,7 +239,16 @@ def cli() -> None:
     show_default=True,
     help="Profiles per Parquet part before compaction.",
 )
-@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@click.option(
+    "--progress",
+    "progress_mode",
+    type=click.Choice(PROGRESS_MODES),
+    default="auto",
+    show_default=True,
+    help="bar: a live bar; log: a line every 15 s or 10%; auto: the bar on an interactive "
+    "terminal, lines otherwise (a file or pipe, TERM=dumb, CI, TTY_INTERACTIVE=0).",
+)
+@click.option("--no-progress", is_flag=True, help="The same as --progress none.")
 @click.option(
     "--sandbox",
     "use_sandbox",
@@ -248,24 +259,26 @@ def cli() -> None:
 @click.pass_obj
 def run_command(obj: Seams | None, /, **options: Any) -> None:
     """Fetch the profiles of the ids in INPUT.csv into --out (resumes a killed run)."""
-    _configure_logging(bool(options.pop("debug")))
+    debug = bool(options.pop("debug"))
+    events = EventLog(runner.new_run_id())
     seams = obj or Seams()
-    show_progress = not options.pop("no_progress")
-    if options.pop("use_sandbox"):
-        sandbox_config = SandboxConfig.from_options(
-            latency=(0.01, 0.05), fault_mix="301:0.1,500:0.05"
-        )
-        with Sandbox(sandbox_config) as sandbox:
-            options["base_url"] = sandbox.base_url
-            options["token"] = sandbox.config.token
-            click.echo(
-                f"Sandbox mode: running {options['input_csv']} against the built-in sandbox API "
-                f"at {sandbox.base_url} (no real calls, no token needed).",
-                err=True,
+    display = _display(options.pop("progress_mode"), options.pop("no_progress"))
+    with _configure_logging(debug):
+        if options.pop("use_sandbox"):
+            sandbox_config = SandboxConfig.from_options(
+                latency=(0.01, 0.05), fault_mix="301:0.1,500:0.05"
             )
-            report = _run(_make_config(options, sandbox=True), seams, show_progress)
-    else:
-        report = _run(_make_config(options, sandbox=False), seams, show_progress)
+            with Sandbox(sandbox_config) as sandbox:
+                options["base_url"] = sandbox.base_url
+                options["token"] = sandbox.config.token
+                click.echo(
+                    f"Sandbox mode: running {options['input_csv']} against the built-in sandbox "
+                    f"API at {sandbox.base_url} (no real calls, no token needed).",
+                    err=True,
+                )
+                report = _run(_make_config(options, sandbox=True), seams, display, events)
+        else:
+            report = _run(_make_config(options, sandbox=False), seams, display, events)
     _print_report(report)
     if report.stopped_by is not None:
         raise report.stopped_by
@@ -275,11 +288,30 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
         raise FailureThresholdExceeded(report.failure_check.message())
 
 
-def _run(config: RunConfig, seams: Seams, show_progress: bool) -> RunReport:
+def _display(mode: str, no_progress: bool) -> Display:
+    """--progress and --no-progress (the same as --progress none) → what stderr shows."""
+    if no_progress and mode not in ("auto", "none"):
+        raise UsageError(f"give --progress {mode} or --no-progress, not both")
+    if no_progress or mode == "none":
+        return "none"
+    return choose_display(mode, sys.stderr, os.environ)
+
+
+def _run(
+    config: RunConfig,
+    seams: Seams,
+    display: Display,
+    events: EventLog,
+) -> RunReport:
     if seams.config_overrides:
         config = dataclasses.replace(config, **seams.config_overrides)
-    progress = make_progress(show_progress and not config.dry_run)
-    return runner.run(config, transport=seams.transport, progress=progress)
+    events.bind(snapshot_date=config.snapshot_date, secret=None if config.sandbox else config.token)
+    progress = make_progress("none" if config.dry_run else display)
+    report = runner.run(
+        config, transport=seams.transport, progress=progress, events=events, run_id=events.run_id
+    )
+    progress.finish(report)
+    return report
 
 
 def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
@@ -335,13 +367,23 @@ def _print_report(report: RunReport) -> None:
     )
 
 
-def _configure_logging(debug: bool) -> None:
+@contextlib.contextmanager
+def _configure_logging(debug: bool) -> Iterator[None]:
+    """The usual ``basicConfig``; run events show (as text) only with --debug.  The events
+    logger's level is put back at the end (tests run many commands in one process)."""
     install_log_redaction()
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    event_logger = logging.getLogger(LOGGER_NAME)
+    saved_event_level = event_logger.level
+    event_logger.setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        event_logger.setLevel(saved_event_level)
 
 
 def _fail(code: int, message: str) -> NoReturn:
