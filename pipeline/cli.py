@@ -41,7 +41,7 @@ from pipeline.errors import (
     UsageError,
     XhsProfilesError,
 )
-from pipeline.events import LOGGER_NAME, EventLog
+from pipeline.events import LOGGER_NAME, EventLog, JsonFormatter, error_line
 from pipeline.progress import PROGRESS_MODES, Display, choose_display, make_progress
 from pipeline.redaction import install_log_redaction, mask
 from pipeline.run_report import Outcome, RunReport
@@ -64,6 +64,9 @@ EXIT_CODES_HELP: Final = "\n".join(
 )
 # Where the --debug flag of the running subcommand is kept (click shares ``meta`` with the group).
 _DEBUG: Final = "xhs_profiles.debug"
+# Where ``run`` keeps --log-format (read first: the option is eager) and its EventLog, for _fail.
+_LOG_FORMAT: Final = "xhs_profiles.log_format"
+_EVENTS: Final = "xhs_profiles.events"
 _Command = TypeVar("_Command", bound=Callable[..., Any])
 
 
@@ -118,12 +121,11 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             _fail(Interrupted.exit_code, str(Interrupted()))
         except Exception as exc:
-            if ctx.meta.get(_DEBUG):
-                click.echo(mask(traceback.format_exc()), err=True)
             _fail(
                 EXIT_UNEXPECTED,
                 f"unexpected error: {type(exc).__name__}: {exc} "
                 "(rerun with --debug for the traceback)",
+                trace=mask(traceback.format_exc()) if ctx.meta.get(_DEBUG) else None,
             )
 
 
@@ -250,6 +252,15 @@ def cli() -> None:
 )
 @click.option("--no-progress", is_flag=True, help="The same as --progress none.")
 @click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    is_eager=True,
+    callback=lambda ctx, _param, value: _remember(ctx, _LOG_FORMAT, value),
+    help="json: every stderr line is one JSON object (events, progress, summary, errors).",
+)
+@click.option(
     "--sandbox",
     "use_sandbox",
     is_flag=True,
@@ -260,10 +271,12 @@ def cli() -> None:
 def run_command(obj: Seams | None, /, **options: Any) -> None:
     """Fetch the profiles of the ids in INPUT.csv into --out (resumes a killed run)."""
     debug = bool(options.pop("debug"))
+    json_logs = options.pop("log_format") == "json"
     events = EventLog(runner.new_run_id())
+    click.get_current_context().meta[_EVENTS] = events
     seams = obj or Seams()
-    display = _display(options.pop("progress_mode"), options.pop("no_progress"))
-    with _configure_logging(debug):
+    display = _display(options.pop("progress_mode"), options.pop("no_progress"), json_logs)
+    with _configure_logging(debug, events if json_logs else None):
         if options.pop("use_sandbox"):
             sandbox_config = SandboxConfig.from_options(
                 latency=(0.01, 0.05), fault_mix="301:0.1,500:0.05"
@@ -271,14 +284,17 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
             with Sandbox(sandbox_config) as sandbox:
                 options["base_url"] = sandbox.base_url
                 options["token"] = sandbox.config.token
-                click.echo(
+                notice = (
                     f"Sandbox mode: running {options['input_csv']} against the built-in sandbox "
-                    f"API at {sandbox.base_url} (no real calls, no token needed).",
-                    err=True,
+                    f"API at {sandbox.base_url} (no real calls, no token needed)."
                 )
-                report = _run(_make_config(options, sandbox=True), seams, display, events)
+                if not json_logs:
+                    click.echo(notice, err=True)
+                config = _make_config(options, sandbox=True)
+                report = _run(config, seams, display, events, json_logs, notice)
         else:
-            report = _run(_make_config(options, sandbox=False), seams, display, events)
+            config = _make_config(options, sandbox=False)
+            report = _run(config, seams, display, events, json_logs)
     _print_report(report)
     if report.stopped_by is not None:
         raise report.stopped_by
@@ -288,12 +304,24 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
         raise FailureThresholdExceeded(report.failure_check.message())
 
 
-def _display(mode: str, no_progress: bool) -> Display:
+def _remember(ctx: click.Context, key: str, value: str) -> str:
+    ctx.meta[key] = value
+    return value
+
+
+def _display(mode: str, no_progress: bool, json_logs: bool) -> Display:
     """--progress and --no-progress (the same as --progress none) → what stderr shows."""
     if no_progress and mode not in ("auto", "none"):
         raise UsageError(f"give --progress {mode} or --no-progress, not both")
     if no_progress or mode == "none":
         return "none"
+    if json_logs:
+        if mode == "bar":
+            raise UsageError(
+                "--progress bar cannot go with --log-format json (a bar is not JSON): "
+                "use --progress log or none"
+            )
+        return "log"
     return choose_display(mode, sys.stderr, os.environ)
 
 
@@ -302,11 +330,17 @@ def _run(
     seams: Seams,
     display: Display,
     events: EventLog,
+    json_logs: bool,
+    notice: str | None = None,
 ) -> RunReport:
     if seams.config_overrides:
         config = dataclasses.replace(config, **seams.config_overrides)
     events.bind(snapshot_date=config.snapshot_date, secret=None if config.sandbox else config.token)
-    progress = make_progress("none" if config.dry_run else display)
+    if json_logs and notice is not None:
+        events.log(notice)
+    progress = make_progress(
+        "none" if config.dry_run else display, emit=events.emit if json_logs else None
+    )
     report = runner.run(
         config, transport=seams.transport, progress=progress, events=events, run_id=events.run_id
     )
@@ -368,26 +402,57 @@ def _print_report(report: RunReport) -> None:
 
 
 @contextlib.contextmanager
-def _configure_logging(debug: bool) -> Iterator[None]:
-    """The usual ``basicConfig``; run events show (as text) only with --debug.  The events
-    logger's level is put back at the end (tests run many commands in one process)."""
+def _configure_logging(debug: bool, json_events: EventLog | None = None) -> Iterator[None]:
+    """Text: the usual ``basicConfig`` (run events show only with --debug).  JSON: one handler
+    on the root logger renders every record, warnings included, as a JSON line on stderr.
+    What is set here is put back at the end (tests run many commands in one process)."""
     install_log_redaction()
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.DEBUG if debug else logging.WARNING
     event_logger = logging.getLogger(LOGGER_NAME)
     saved_event_level = event_logger.level
-    event_logger.setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
+    if json_events is None:
+        logging.basicConfig(
+            level=level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        event_logger.setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
+        try:
+            yield
+        finally:
+            event_logger.setLevel(saved_event_level)
+        return
+    root = logging.getLogger()
+    saved_root_level = root.level
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(json_events))
+    root.addHandler(handler)
+    root.setLevel(level)
+    event_logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.captureWarnings(True)
     try:
         yield
     finally:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        root.setLevel(saved_root_level)
         event_logger.setLevel(saved_event_level)
 
 
-def _fail(code: int, message: str) -> NoReturn:
-    click.echo(f"xhs-profiles: {mask(message)}", err=True)
+def _fail(code: int, message: str, *, trace: str | None = None) -> NoReturn:
+    """The command's last words on stderr: ``xhs-profiles: <message>`` (after the traceback,
+    if any), or with --log-format json one ``error`` event holding both."""
+    text = mask(message)
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:  # click's own usage errors are worded after their context has closed
+        ctx = getattr(sys.exc_info()[1], "ctx", None)
+    meta: dict[str, Any] = ctx.meta if isinstance(ctx, click.Context) else {}
+    if meta.get(_LOG_FORMAT) == "json":
+        click.echo(error_line(meta.get(_EVENTS), text, code, traceback=trace), err=True)
+    else:
+        if trace is not None:
+            click.echo(trace, err=True)
+        click.echo(f"xhs-profiles: {text}", err=True)
     sys.exit(code)
 
 
