@@ -53,7 +53,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.progress import Progress as RichBar
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from pipeline.records import Tally
@@ -208,7 +208,7 @@ class Meter:
         span = now - since
         calls_per_s = (tally.calls - calls_then) / span if span >= 1.0 else None
         completion = (tally.done - done_then) / span if span >= 1.0 else None
-        if not completion and tally.done and elapsed > 0:
+        if not completion and tally.done and elapsed >= 1.0:
             completion = tally.done / elapsed  # nothing done in the window: the run's average
         limiter_rate = self._limiter.rate
         paused = max(0.0, self._limiter.paused_until - now)
@@ -277,10 +277,19 @@ def cost_text(f: Figures) -> str:
 
 def eta_text(f: Figures) -> str:
     """``ETA 1m 20s``; during a 302 pause ``paused after 302, resumes in 4 s, ETA 1m 24s``."""
-    eta = "ETA estimating" if f.eta_s is None else f"ETA {duration(f.eta_s)}"
+    pause = pause_text(f)
+    return f"{pause}, {eta_only(f)}" if pause else eta_only(f)
+
+
+def eta_only(f: Figures) -> str:
+    return "ETA estimating" if f.eta_s is None else f"ETA {duration(f.eta_s)}"
+
+
+def pause_text(f: Figures) -> str:
+    """``paused after 302, resumes in 4 s`` during a pause worth a word, else empty."""
     if f.paused_s >= PAUSE_SHOWN_S:
-        return f"paused after 302, resumes in {math.ceil(f.paused_s)} s, {eta}"
-    return eta
+        return f"paused after 302, resumes in {math.ceil(f.paused_s)} s"
+    return ""
 
 
 def progress_line(f: Figures, moment: dt.datetime, word: str = "progress") -> str:
@@ -463,7 +472,12 @@ class LogProgress:
 
 
 class BarProgress:
-    """A live rich bar on stderr: bar, %, done/total, elapsed and ETA, and a line of figures."""
+    """A live rich bar on stderr, three lines that fit 80 columns::
+
+    fetching ━━━━━━━━━━━━━━━━━━━━━━━━━━━━  45%  450/1000 0:00:40 ETA 1m 05s
+      ok 447  retrying 7  failed 3  302s 12 · paused after 302, resumes in 4 s
+      13.0 calls/s, limiter 10.0/s · calls 500, projected 1,111
+    """
 
     def __init__(
         self,
@@ -480,18 +494,18 @@ class BarProgress:
         self.display = _Bar(
             self._meter_now,
             TextColumn("[bold]fetching"),
-            BarColumn(),
+            BarColumn(bar_width=None),
             TaskProgressColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             _EtaColumn(self._meter_now),
             console=self.console,
+            expand=True,
             transient=True,
             auto_refresh=auto_refresh,
             get_time=clock,
         )
         self._task: TaskID | None = None
-        self._next_push = -math.inf
 
     def _meter_now(self) -> Figures:
         return self._meter.figures()
@@ -502,17 +516,13 @@ class BarProgress:
         self._task = self.display.add_task("fetch", total=report.pending_at_start)
 
     def update(self, tally: Tally) -> None:
-        now = self._clock()
-        self._meter.observe(tally, now)
-        if self._task is not None and now >= self._next_push:  # rich redraws 10 times a second
-            self._next_push = now + 0.1
-            self.display.update(self._task, completed=tally.done)
+        # Only the meter, per call; rich reads it when it redraws (10 times a second).
+        self._meter.observe(tally)
 
     def stop(self) -> None:
         if self._task is None:
             return
-        self.display.update(self._task, completed=self._meter.tally.done)
-        self.display.stop()
+        self.display.stop()  # a last redraw, from the final tally
         self._task = None
 
     def finish(self, report: RunReport) -> None:
@@ -525,28 +535,33 @@ class BarProgress:
 
 
 class _Bar(RichBar):
-    """rich's Progress with a second line: the counts, the speeds and the cost."""
+    """rich's Progress with two more lines: the counts (and the pause), the speeds and the cost."""
 
     def __init__(self, figures: Callable[[], Figures], *columns: Any, **options: Any) -> None:
         self._figures = figures  # before rich's __init__, which may render already
         super().__init__(*columns, **options)
 
     def get_renderables(self) -> Iterable[RenderableType]:
-        yield self.make_tasks_table(self.tasks)
         f = self._figures()
-        yield Text(f"  {counts_text(f)} · {speed_text(f)} · {cost_text(f)}", no_wrap=True)
+        for task in self.tasks:
+            self.update(task.id, completed=f.done)
+        yield self.make_tasks_table(self.tasks)
+        counts = Text(f"  {counts_text(f)}", no_wrap=True, overflow="ellipsis")
+        if pause := pause_text(f):
+            counts.append(" · ").append(pause, style="yellow")
+        yield counts
+        yield Text(f"  {speed_text(f)} · {cost_text(f)}", no_wrap=True, overflow="ellipsis")
 
 
 class _EtaColumn(ProgressColumn):
-    """The ETA of rule 2, never blank, with the 302 pause."""
+    """The ETA of rule 2, never blank (the pause it includes is told on the next line)."""
 
     def __init__(self, figures: Callable[[], Figures]) -> None:
-        super().__init__()
+        super().__init__(table_column=Column(no_wrap=True))
         self._figures = figures
 
     def render(self, task: Task) -> Text:
-        f = self._figures()
-        return Text(eta_text(f), style="yellow" if f.paused_s >= PAUSE_SHOWN_S else "cyan")
+        return Text(eta_only(self._figures()), style="cyan")
 
 
 def make_progress(
