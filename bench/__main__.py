@@ -25,7 +25,7 @@ from bench.harness import (
 )
 from bench.scenarios import FAULT_MIX, LATENCY, NEVER_SUCCEED, Measure, Settings, log
 
-SECTIONS = ("rate", "zero", "big", "faults", "latency", "flatten", "crash", "resume")
+SECTIONS = ("rate", "zero", "big", "faults", "latency", "logging", "flatten", "crash", "resume")
 
 
 def _settings(args: argparse.Namespace, work: Path) -> Settings:
@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                         s, "latency", s.latency_ids, ["--latency", LATENCY], name, option, wide
                     )
                 )
+        if "logging" in only:
+            log(f"2d. progress + JSON logs vs plain, {s.small_ids:,} ids x {s.repeats}")
+            measures += scenarios.logging_cost(s, zero)
         if "flatten" in only:
             log(f"3. flatten and write, {s.flatten_ids:,} profiles")
             measures += scenarios.flatten_and_write(s)

@@ -14,7 +14,9 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import os
 import shutil
 import statistics
 import sys
@@ -127,8 +129,9 @@ def log(message: str) -> None:
 def contender_argv(name: str, ids: Path, out: Path, base_url: str, *extra: str) -> list[str]:
     if name == "ours":
         concurrency = [] if "--concurrency" in extra else ["--concurrency", str(CONCURRENCY)]
+        progress = [] if "--progress" in extra else ["--no-progress"]
         return [XHS, "run", str(ids), "--out", str(out), "--base-url", base_url,
-                "--token", TOKEN, *concurrency, "--no-progress", *extra]  # fmt: skip
+                "--token", TOKEN, *concurrency, *progress, *extra]  # fmt: skip
     common = [str(ids), str(out), "--base-url", base_url, "--token", TOKEN]
     if name == "naive":
         return [sys.executable, "-m", "bench.naive", *common]
@@ -347,6 +350,103 @@ def _milestones(samples: list[tuple[float, int, int]], final_ok: int) -> dict[st
         hit = next((t for t, _, ok in samples if final_ok and ok >= share * final_ok), None)
         marks[label] = float("nan") if hit is None else hit
     return marks
+
+
+# ------------------------------------------------------------------ 2d. progress and logs
+
+LOGGED = ("--progress", "log", "--log-format", "json")
+
+
+def logging_cost(s: Settings, sandbox_options: Sequence[str]) -> list[Measure]:
+    """Ours plain (``--no-progress``) and with ``--progress log --log-format json``, interleaved
+    on the same zero-latency sandbox; the median of each.  The logged runs' stderr is checked:
+    every line must parse as JSON, and the last one be ``run.finished``."""
+    n = s.small_ids
+    ids = make_ids(n, s.work / f"ids-{n}.csv")
+    variants = {"ours": (), "ours " + " ".join(LOGGED): LOGGED}
+    runs: dict[str, list[Measure]] = {name: [] for name in variants}
+    for i in range(s.repeats):
+        for name, extra in variants.items():
+            m = measure_once(
+                "logging",
+                "ours",
+                ids,
+                n,
+                sandbox_options,
+                s.work / f"logging-{len(extra)}-{i}",
+                cap_s=s.cap_s,
+                extra_args=extra,
+            )
+            m.contender = name
+            if extra and m.run is not None:
+                m.extra.update(_json_lines(m.run.stderr))
+            runs[name].append(m)
+    measures = [median_of(runs[name]) for name in variants]
+    measures[1].extra["display_us_per_update"] = display_cost_us(200_000)
+    return measures
+
+
+def display_cost_us(updates: int) -> float:
+    """CPU µs per call that ``--progress log --log-format json`` adds, measured in-process: the
+    fetch loop's ``progress.update`` after each call into a LogProgress that emits JSON
+    ``progress`` events through the CLI's formatter (to /dev/null), minus the same loop into
+    the ``NoProgress`` a plain run has.  Deterministic where the end-to-end ratio is noisy."""
+    import logging
+
+    from pipeline.config import RunConfig, Secret
+    from pipeline.events import LOGGER_NAME, EventLog, JsonFormatter
+    from pipeline.progress import LogProgress, NoProgress, Progress
+    from pipeline.ratelimit import RateController
+    from pipeline.records import Tally
+    from pipeline.run_report import InputSummary, Outcome, RunReport
+
+    config = RunConfig(Path("ids.csv"), Path("out"), Secret("x"), snapshot_date=dt.date(2026, 1, 1))
+    source = InputSummary("ids.csv", "utf-8", "user_id", "0" * 64)
+    report = RunReport("bench", "0", dt.datetime.now(dt.UTC), config, source, Outcome.COMPLETED)
+    report = dataclasses.replace(report, pending_at_start=updates)
+    events = EventLog("bench")
+    logger = logging.getLogger(LOGGER_NAME)
+    saved = logger.level, logger.propagate
+    with Path(os.devnull).open("w") as sink:
+        handler = logging.StreamHandler(sink)
+        handler.setFormatter(JsonFormatter(events))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        try:
+            cpu = []
+            for progress in (NoProgress(), LogProgress(emit=events.emit)):
+                shown: Progress = progress
+                shown.start(report, RateController(None))
+                tally = Tally()
+                started = time.process_time()
+                for i in range(updates):
+                    tally.done = tally.calls = tally.fetched = i + 1
+                    shown.update(tally)
+                shown.stop()
+                cpu.append(time.process_time() - started)
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(saved[0])
+            logger.propagate = saved[1]
+    return 1e6 * (cpu[1] - cpu[0]) / updates
+
+
+def _json_lines(stderr: str) -> dict[str, Any]:
+    lines = stderr.splitlines()
+    events: list[str] = []
+    bad = 0
+    for line in lines:
+        try:
+            events.append(orjson.loads(line)["event"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            bad += 1
+    return {
+        "stderr_lines": len(lines),
+        "not_json": bad,
+        "progress_events": events.count("progress"),
+        "last_event": events[-1] if events else None,
+    }
 
 
 # ------------------------------------------------------------------ 3. flatten and write

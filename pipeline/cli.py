@@ -11,10 +11,11 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import textwrap
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn, TypeVar
@@ -43,8 +44,9 @@ from pipeline.errors import (
     UsageError,
     XhsProfilesError,
 )
+from pipeline.events import LOGGER_NAME, EventLog, JsonFormatter, error_line
 from pipeline.ids import open_id_file
-from pipeline.progress import make_progress
+from pipeline.progress import PROGRESS_MODES, Display, choose_display, make_progress
 from pipeline.redaction import install_log_redaction, mask
 from pipeline.report import DEFAULT_NAME as REPORT_NAME
 from pipeline.report import write_report
@@ -71,6 +73,9 @@ EXIT_CODES_HELP: Final = "\n".join(
 )
 # Where the --debug flag of the running subcommand is kept (click shares ``meta`` with the group).
 _DEBUG: Final = "xhs_profiles.debug"
+# Where ``run`` keeps --log-format (read first: the option is eager) and its EventLog, for _fail.
+_LOG_FORMAT: Final = "xhs_profiles.log_format"
+_EVENTS: Final = "xhs_profiles.events"
 _Command = TypeVar("_Command", bound=Callable[..., Any])
 
 
@@ -126,12 +131,11 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             _fail(Interrupted.exit_code, str(Interrupted()))
         except Exception as exc:
-            if ctx.meta.get(_DEBUG):
-                click.echo(mask(traceback.format_exc()), err=True)
             _fail(
                 EXIT_UNEXPECTED,
                 f"unexpected error: {type(exc).__name__}: {exc} "
                 "(rerun with --debug for the traceback)",
+                trace=mask(traceback.format_exc()) if ctx.meta.get(_DEBUG) else None,
             )
 
 
@@ -247,7 +251,25 @@ def cli() -> None:
     show_default=True,
     help="Profiles per Parquet part before compaction.",
 )
-@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@click.option(
+    "--progress",
+    "progress_mode",
+    type=click.Choice(PROGRESS_MODES),
+    default="auto",
+    show_default=True,
+    help="bar: a live bar; log: a line every 15 s or 10%; auto: the bar on an interactive "
+    "terminal, lines otherwise (a file or pipe, TERM=dumb, CI, TTY_INTERACTIVE=0).",
+)
+@click.option("--no-progress", is_flag=True, help="The same as --progress none.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    is_eager=True,
+    callback=lambda ctx, _param, value: _remember(ctx, _LOG_FORMAT, value),
+    help="json: every stderr line is one JSON object (events, progress, summary, errors).",
+)
 @click.option(
     "--sandbox",
     "use_sandbox",
@@ -258,26 +280,33 @@ def cli() -> None:
 @click.pass_obj
 def run_command(obj: Seams | None, /, **options: Any) -> None:
     """Fetch the profiles of the ids in INPUT.csv into --out (resumes a killed run)."""
-    _configure_logging(bool(options.pop("debug")))
+    debug = bool(options.pop("debug"))
+    json_logs = options.pop("log_format") == "json"
+    events = EventLog(runner.new_run_id())
+    click.get_current_context().meta[_EVENTS] = events
     seams = obj or Seams()
-    show_progress = not options.pop("no_progress")
-    if options.pop("use_sandbox"):
-        snapshot = options["snapshot_date"]
-        day = parse_snapshot_date(snapshot) if snapshot else utcnow().date()
-        sandbox_config = _drifting_sandbox(
-            options["input_csv"], options["id_column"], options["out_dir"], day
-        )
-        with Sandbox(sandbox_config) as sandbox:
-            options["base_url"] = sandbox.base_url
-            options["token"] = sandbox.config.token
-            click.echo(
-                f"Sandbox mode: running {options['input_csv']} against the built-in sandbox API "
-                f"at {sandbox.base_url} (no real calls, no token needed).",
-                err=True,
+    display = _display(options.pop("progress_mode"), options.pop("no_progress"), json_logs)
+    with _configure_logging(debug, events if json_logs else None):
+        if options.pop("use_sandbox"):
+            snapshot = options["snapshot_date"]
+            day = parse_snapshot_date(snapshot) if snapshot else utcnow().date()
+            sandbox_config = _drifting_sandbox(
+                options["input_csv"], options["id_column"], options["out_dir"], day
             )
-            report = _run(_make_config(options, sandbox=True), seams, show_progress)
-    else:
-        report = _run(_make_config(options, sandbox=False), seams, show_progress)
+            with Sandbox(sandbox_config) as sandbox:
+                options["base_url"] = sandbox.base_url
+                options["token"] = sandbox.config.token
+                notice = (
+                    f"Sandbox mode: running {options['input_csv']} against the built-in sandbox "
+                    f"API at {sandbox.base_url} (no real calls, no token needed)."
+                )
+                if not json_logs:
+                    click.echo(notice, err=True)
+                config = _make_config(options, sandbox=True)
+                report = _run(config, seams, display, events, json_logs, notice)
+        else:
+            config = _make_config(options, sandbox=False)
+            report = _run(config, seams, display, events, json_logs)
     _print_report(report)
     if report.stopped_by is not None:
         raise report.stopped_by
@@ -300,11 +329,48 @@ def _drifting_sandbox(
     )
 
 
-def _run(config: RunConfig, seams: Seams, show_progress: bool) -> RunReport:
+def _remember(ctx: click.Context, key: str, value: str) -> str:
+    ctx.meta[key] = value
+    return value
+
+
+def _display(mode: str, no_progress: bool, json_logs: bool) -> Display:
+    """--progress and --no-progress (the same as --progress none) → what stderr shows."""
+    if no_progress and mode not in ("auto", "none"):
+        raise UsageError(f"give --progress {mode} or --no-progress, not both")
+    if no_progress or mode == "none":
+        return "none"
+    if json_logs:
+        if mode == "bar":
+            raise UsageError(
+                "--progress bar cannot go with --log-format json (a bar is not JSON): "
+                "use --progress log or none"
+            )
+        return "log"
+    return choose_display(mode, sys.stderr, os.environ)
+
+
+def _run(
+    config: RunConfig,
+    seams: Seams,
+    display: Display,
+    events: EventLog,
+    json_logs: bool,
+    notice: str | None = None,
+) -> RunReport:
     if seams.config_overrides:
         config = dataclasses.replace(config, **seams.config_overrides)
-    progress = make_progress(show_progress and not config.dry_run)
-    return runner.run(config, transport=seams.transport, progress=progress)
+    events.bind(snapshot_date=config.snapshot_date, secret=None if config.sandbox else config.token)
+    if json_logs and notice is not None:
+        events.log(notice)
+    progress = make_progress(
+        "none" if config.dry_run else display, emit=events.emit if json_logs else None
+    )
+    report = runner.run(
+        config, transport=seams.transport, progress=progress, events=events, run_id=events.run_id
+    )
+    progress.finish(report)
+    return report
 
 
 def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
@@ -360,17 +426,58 @@ def _print_report(report: RunReport) -> None:
     )
 
 
-def _configure_logging(debug: bool) -> None:
+@contextlib.contextmanager
+def _configure_logging(debug: bool, json_events: EventLog | None = None) -> Iterator[None]:
+    """Text: the usual ``basicConfig`` (run events show only with --debug).  JSON: one handler
+    on the root logger renders every record, warnings included, as a JSON line on stderr.
+    What is set here is put back at the end (tests run many commands in one process)."""
     install_log_redaction()
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.DEBUG if debug else logging.WARNING
+    event_logger = logging.getLogger(LOGGER_NAME)
+    saved_event_level = event_logger.level
+    if json_events is None:
+        logging.basicConfig(
+            level=level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        event_logger.setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
+        try:
+            yield
+        finally:
+            event_logger.setLevel(saved_event_level)
+        return
+    root = logging.getLogger()
+    saved_root_level = root.level
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(json_events))
+    root.addHandler(handler)
+    root.setLevel(level)
+    event_logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        root.setLevel(saved_root_level)
+        event_logger.setLevel(saved_event_level)
 
 
-def _fail(code: int, message: str) -> NoReturn:
-    click.echo(f"xhs-profiles: {mask(message)}", err=True)
+def _fail(code: int, message: str, *, trace: str | None = None) -> NoReturn:
+    """The command's last words on stderr: ``xhs-profiles: <message>`` (after the traceback,
+    if any), or with --log-format json one ``error`` event holding both."""
+    text = mask(message)
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:  # click's own usage errors are worded after their context has closed
+        ctx = getattr(sys.exc_info()[1], "ctx", None)
+    meta: dict[str, Any] = ctx.meta if isinstance(ctx, click.Context) else {}
+    if meta.get(_LOG_FORMAT) == "json":
+        click.echo(error_line(meta.get(_EVENTS), text, code, traceback=trace), err=True)
+    else:
+        if trace is not None:
+            click.echo(trace, err=True)
+        click.echo(f"xhs-profiles: {text}", err=True)
     sys.exit(code)
 
 

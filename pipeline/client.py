@@ -66,6 +66,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from typing import Final
 from urllib.parse import urlencode
 
@@ -86,7 +87,7 @@ from pipeline.errors import (
 )
 from pipeline.jsonparse import dumps, loads
 from pipeline.ratelimit import RateController
-from pipeline.records import FetchedProfile
+from pipeline.records import CallTrace, FetchedProfile
 from pipeline.redaction import mask
 from pipeline.timestamps import utcnow
 from pipeline.transport import (
@@ -153,15 +154,26 @@ class ProfileClient:
     def __repr__(self) -> str:
         return f"ProfileClient(endpoint_url={self._url!r})"
 
-    async def fetch(self, user_id: str) -> FetchedProfile:
-        """One call for ``user_id``: a profile, or a ``FetchError``/``StopRun`` subclass."""
+    async def fetch(self, user_id: str, *, trace: CallTrace | None = None) -> FetchedProfile:
+        """One call for ``user_id``: a profile, or a ``FetchError``/``StopRun`` subclass.
+
+        ``trace``, when given, receives the HTTP status and the exchange's duration.
+        """
         if not ID_PATTERN.fullmatch(user_id):
             raise PermanentError(
                 "not a valid user id (24 lowercase hex characters): never sent",
                 code=CODE_INVALID_INPUT,
             )
         sent_at = await self._limiter.acquire()
-        status, retry_after, body = await self._exchange(user_id)
+        if trace is None:
+            status, retry_after, body = await self._exchange(user_id)
+        else:
+            started = time.perf_counter()
+            try:
+                status, retry_after, body = await self._exchange(user_id)
+            finally:
+                trace.latency_s = time.perf_counter() - started
+            trace.http_status = status
         envelope, via_stdlib = self._parse(body, status)
         code = _business_code(envelope.get("code")) if isinstance(envelope, dict) else None
         if code is None or not isinstance(envelope, dict):

@@ -14,6 +14,10 @@ Rules:
 5. An account-level error (or a gone endpoint) stops dispatching at once; the calls already in
    flight finish and are recorded; the error is raised after they have.  ``max_calls`` and a
    stop request (SIGINT/SIGTERM) stop dispatching the same way.
+6. What happens to ids is reported through the injected ``on_event`` callback: ``id.retry`` and
+   ``id.failed`` always, ``call.done`` (one per call, with the HTTP status and latency the
+   client traces) only when ``call_events`` is set, so the loop pays nothing for it otherwise.
+   ``current_tally`` gives the counts with the limiter's rate and the retry backlog refreshed.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from pipeline.client import ProfileClient
 from pipeline.config import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
@@ -39,7 +43,7 @@ from pipeline.errors import (
     TransientError,
     WrongUserError,
 )
-from pipeline.records import FetchedProfile, Tally
+from pipeline.records import CallTrace, FetchedProfile, Tally
 
 
 def backoff_delay(
@@ -105,6 +109,8 @@ class Fetcher:
         rate: Callable[[], float | None] = lambda: None,
         backoff: Callable[[int], float] = backoff_delay,
         clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        call_events: bool = False,
     ) -> None:
         self._client = client
         self._ledger = ledger
@@ -116,6 +122,8 @@ class Fetcher:
         self._rate = rate
         self._backoff = backoff
         self._clock = clock
+        self._on_event = on_event
+        self._call_events = call_events and on_event is not None
         self._heap: list[_Retry] = []
         self._seq = itertools.count()
         self._tally = Tally()
@@ -123,6 +131,12 @@ class Fetcher:
         self._interrupted = False
         self._fatal: Exception | None = None
         self._wake = asyncio.Event()
+
+    def current_tally(self) -> Tally:
+        """The live counts, with the limiter's rate and the retry backlog as of now."""
+        self._tally.rate = self._rate()
+        self._tally.retrying = len(self._heap)
+        return self._tally
 
     def request_stop(self) -> None:
         """Stop dispatching (SIGINT/SIGTERM); calls in flight still finish and are recorded."""
@@ -208,37 +222,64 @@ class Fetcher:
 
     async def _call(self, user_id: str, attempts: int) -> None:
         tally = self._tally
+        trace = CallTrace() if self._call_events else None
+        code: int | None = 0
+        outcome = "ok"
         try:
-            profile = await self._client.fetch(user_id)
-        except RateLimitedError:
+            if trace is None:
+                profile = await self._client.fetch(user_id)
+            else:
+                profile = await self._client.fetch(user_id, trace=trace)
+        except RateLimitedError as exc:
+            code, outcome = exc.code, "rate_limited"
             tally.rate_limited += 1
             # The limiter has already slowed everyone down and paused; no attempt is used.
             self._retry_later(user_id, attempts, 0.0)
         except TransientError as exc:
+            code = exc.code
             attempts += 1
             if attempts >= self._max_attempts:
+                outcome = "failed"
                 self._ledger.record_failure(
                     user_id, attempts, exc.code, exc.message, retryable=True
                 )
                 tally.failed += 1
                 tally.done += 1
+                self._event_failed(user_id, attempts, exc, retryable=True)
             else:
+                outcome = "retry"
                 self._ledger.record_retry(user_id, attempts, exc.code, exc.message)
                 tally.retried += 1
-                self._retry_later(user_id, attempts, self._backoff(attempts))
+                delay = self._backoff(attempts)
+                self._retry_later(user_id, attempts, delay)
+                if self._on_event is not None:
+                    self._on_event(
+                        "id.retry",
+                        {
+                            "user_id": user_id,
+                            "code": exc.code,
+                            "attempt": attempts,
+                            "retry_in_s": round(delay, 3),
+                            "message": exc.message,
+                        },
+                    )
         except WrongUserError as exc:
-            self._ledger.record_wrong_user(
-                user_id, attempts + 1, exc.message, exc.body, exc.request_id
-            )
+            code, outcome = exc.code, "failed"
+            attempts += 1
+            self._ledger.record_wrong_user(user_id, attempts, exc.message, exc.body, exc.request_id)
             tally.wrong_user += 1
             tally.failed += 1
             tally.done += 1
+            self._event_failed(user_id, attempts, exc, retryable=False)
         except PermanentError as exc:
+            code, outcome = exc.code, "failed"
             attempts += 1
             self._ledger.record_failure(user_id, attempts, exc.code, exc.message, retryable=False)
             tally.failed += 1
             tally.done += 1
+            self._event_failed(user_id, attempts, exc, retryable=False)
         except StopRun as exc:
+            code, outcome = getattr(exc, "code", None), "stopped"
             # The id stays pending for the next run; only the first such error is reported.
             if self._stop is None:
                 self._stop = exc
@@ -250,5 +291,32 @@ class Fetcher:
             tally.fetched += 1
             tally.done += 1
             self._on_success()
-        tally.rate = self._rate()
-        self._on_progress(tally)
+        if trace is not None and self._on_event is not None:
+            latency = trace.latency_s
+            self._on_event(
+                "call.done",
+                {
+                    "user_id": user_id,
+                    "attempt": attempts if outcome in ("retry", "failed") else attempts + 1,
+                    "code": code,
+                    "http_status": trace.http_status,
+                    "latency_ms": None if latency is None else round(latency * 1000, 1),
+                    "outcome": outcome,
+                },
+            )
+        self._on_progress(self.current_tally())
+
+    def _event_failed(
+        self, user_id: str, attempts: int, exc: TransientError | PermanentError, *, retryable: bool
+    ) -> None:
+        if self._on_event is not None:
+            self._on_event(
+                "id.failed",
+                {
+                    "user_id": user_id,
+                    "code": exc.code,
+                    "attempt": attempts,
+                    "retryable": retryable,
+                    "message": exc.message,
+                },
+            )

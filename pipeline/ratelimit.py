@@ -35,6 +35,10 @@ Rules:
 5. Pause: a 302 with ``Retry-After`` pauses every worker for that long; a cut without one pauses
    them for one new interval, so calls queued at the old pace do not go out in a burst.
 6. Time comes from the injected ``clock`` / ``sleep``, so tests run on a simulated clock.
+7. What it decides is reported through the injected ``on_event`` callback (never a logger of its
+   own): ``rate.cut`` for each cut (with the pause of one new interval it starts), and
+   ``rate.pause`` when a ``Retry-After`` starts a pause (not for each 302 that extends one).
+   ``paused_until`` and ``rate`` are read-only views for the progress display.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 DECREASE_FACTOR = 0.7
 GENTLE_FACTOR = 0.9  # when the 302 came within CONFIRM_BAND of the last ceiling estimate
@@ -67,6 +72,7 @@ class RateController:
         min_rate: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         if rate is not None and not (rate > 0 and math.isfinite(rate)):
             raise ValueError(f"rate must be a positive number of requests per second, got {rate}")
@@ -80,6 +86,7 @@ class RateController:
         self._min_rate = min(min_rate, rate) if rate is not None else min_rate
         self._clock = clock
         self._sleep = sleep
+        self._on_event = on_event
         # Pacing schedule: ticket k may go at _anchor_time + (k - _anchor_ticket) / rate.
         self._issued = 0
         self._anchor_ticket = 0.0
@@ -167,14 +174,33 @@ class RateController:
         self._rate_limited += 1
         self._last_limited = now
         if self._should_cut(now, sent_at):
+            previous = self._rate
             self._cut(now)
+            assert self._rate is not None  # set by _cut
+            interval = 1.0 / self._rate
             if retry_after is None:
-                assert self._rate is not None  # set by _cut
-                self._pause(now, now + 1.0 / self._rate)
+                self._pause(now, now + interval)
+            if self._on_event is not None:
+                self._on_event(
+                    "rate.cut",
+                    {
+                        "rate": _rounded(self._rate),
+                        "previous_rate": _rounded(previous),
+                        "ceiling_estimate": _rounded(self._ceiling),
+                        "cuts": self._cuts,
+                        "pause_s": round(retry_after if retry_after is not None else interval, 3),
+                    },
+                )
         if retry_after is not None and retry_after > 0:
+            starts = now >= self._paused_until
             self._pause(now, now + retry_after)
             # Rates measured across this pause would show the pause, not the server's limit.
             self._measure_from = self._paused_until
+            if starts and self._on_event is not None:
+                self._on_event(
+                    "rate.pause",
+                    {"pause_s": round(retry_after, 3), "rate": _rounded(self._rate)},
+                )
 
     def snapshot(self) -> dict[str, float | int | None]:
         """Figures for the run summary."""

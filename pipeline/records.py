@@ -69,3 +69,14 @@ class Tally:
     wrong_user: int = 0  # answers with another user's profile (counted in failed too)
     calls: int = 0
     rate: float | None = None  # the limiter's current requests/s
+    retrying: int = 0  # ids waiting out a back-off in the fetch loop's retry heap, now
+
+
+@dataclass(slots=True)
+class CallTrace:
+    """How one call's exchange went, filled in by the client when the fetch loop asks for it
+    (``--debug`` call events): the HTTP status (None when no answer came) and the seconds from
+    sending the request (after the limiter's wait) to the end of the answer."""
+
+    http_status: int | None = None
+    latency_s: float | None = None

@@ -199,6 +199,7 @@ class RunReport:
     finished_at: dt.datetime | None = None
     duration_s: float = 0.0
     failure_check: FailureCheck | None = None  # judged once the snapshot is complete
+    summary_file: str = ""  # the _runs/*.json this report was written to, relative to --out
 
     @property
     def exit_code(self) -> int:

@@ -10,6 +10,12 @@ The commit protocol (why a kill at any moment loses nothing and duplicates nothi
    again from the stored bodies.
 4. At the end small parts are compacted (new file in, swap recorded, old files out), failures.csv
    is rewritten from the state, and a completed snapshot gets its manifest and ``_SUCCESS``.
+
+What it reports on the way: ``run.started`` once the ids to call are known, the fetch loop's and
+the rate controller's events while fetching, ``run.finished`` with the whole summary (the
+``_runs/*.json`` object) at the end, all through the ``EventLog`` it is given; and the progress
+display's start, updates (after each call, and every second while nothing answers, so a 302
+pause still shows) and stop around the fetch.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -34,6 +40,7 @@ from pipeline.client import ProfileClient
 from pipeline.config import TOOL_VERSION, RunConfig
 from pipeline.crashpoints import crash_point
 from pipeline.errors import UsageError
+from pipeline.events import EventLog
 from pipeline.fetcher import Fetcher, FetchOutcome, backoff_delay
 from pipeline.flatten import flatten
 from pipeline.ids import IdFile, open_id_file
@@ -56,22 +63,35 @@ from pipeline.state import State
 from pipeline.timestamps import utcnow
 from pipeline.transport import env_proxy, make_transport
 
+HEARTBEAT_S: Final = 1.0
+
+
+def new_run_id() -> str:
+    """The id of a run: its ``_runs/*.json`` name and every event's ``run_id``."""
+    return secrets.token_hex(4)
+
 
 def run(
     config: RunConfig,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     progress: Progress | None = None,
+    events: EventLog | None = None,
+    run_id: str | None = None,
 ) -> RunReport:
     """Run the job described by ``config``; raise UsageError/StorageError, report the rest."""
     install_log_redaction()
     started_at = utcnow()
     started = time.monotonic()
+    events = events or EventLog(enabled=False)
+    progress = progress or NoProgress()
+    # The sandbox's token is a public word, not a secret: masking it would mangle messages.
+    events.bind(snapshot_date=config.snapshot_date, secret=None if config.sandbox else config.token)
     id_file = open_id_file(config.input_path, config.id_column)
     _check_out_dir(config.out_dir)
     with State.open(config.out_dir, config.snapshot_date) as state:
         report = RunReport(
-            run_id=secrets.token_hex(4),
+            run_id=run_id or events.run_id or new_run_id(),
             tool_version=TOOL_VERSION,
             started_at=started_at,
             config=config,
@@ -81,23 +101,56 @@ def run(
         if config.dry_run:
             # The input is recorded (as the real run would) but no call, table or file is made.
             planned = state.pending_count() + state.retryable_count()
-            return dataclasses.replace(report, calls_planned=planned)
+            report = dataclasses.replace(report, calls_planned=planned)
+            events.emit("run.started", _started(report, planned))
+            events.emit("run.finished", _finished(report))
+            return report
         requeued = state.requeue_retryable()
         _recover(state, config)
         pending = state.pending_count()
         report = dataclasses.replace(report, requeued_failures=requeued, pending_at_start=pending)
         sink.clear_success(config.out_dir, config.snapshot_date)
-        limiter = RateController(config.rate)
+        limiter = RateController(config.rate, on_event=events.emit)
         outcome = FetchOutcome(Tally())
+        events.emit("run.started", _started(report, pending))
+        progress.start(report, limiter)
         try:
             if pending:
                 outcome = asyncio.run(
-                    _fetch(config, state, limiter, transport, progress or NoProgress(), pending)
+                    _fetch(config, state, limiter, transport, progress, events, pending)
                 )
         finally:
+            progress.stop()
             # Whatever stopped the fetch, what was paid for goes to Parquet now.
             _flush(state, config, everything=True)
-        return _finish(state, config, outcome, limiter, report, started)
+        report = _finish(state, config, outcome, limiter, report, started)
+        events.emit("run.finished", _finished(report))
+        return report
+
+
+def _started(report: RunReport, ids: int) -> dict[str, Any]:
+    config = report.config
+    return {
+        "ids": ids,
+        "requeued_failures": report.requeued_failures,
+        "out": str(config.out_dir),
+        "input": str(config.input_path),
+        "endpoint": config.endpoint_url,
+        "sandbox": config.sandbox,
+        "concurrency": config.concurrency,
+        "rate": config.rate,
+        "max_calls": config.max_calls,
+        "dry_run": config.dry_run,
+        "tool_version": report.tool_version,
+    }
+
+
+def _finished(report: RunReport) -> dict[str, Any]:
+    return {
+        "outcome": str(report.outcome),
+        "exit_code": report.exit_code,
+        "summary": report.to_json(),
+    }
 
 
 def _finish(
@@ -148,8 +201,8 @@ def _finish(
         sink.write_manifest(
             config.out_dir, config.snapshot_date, state.parts(), failures_rows, summary
         )
-    sink.write_run_summary(config.out_dir, report.run_id, summary)
-    return report
+    path = sink.write_run_summary(config.out_dir, report.run_id, summary)
+    return dataclasses.replace(report, summary_file=path.relative_to(config.out_dir).as_posix())
 
 
 def _failure_check(config: RunConfig, snapshot: SnapshotCounts) -> FailureCheck:
@@ -181,6 +234,7 @@ async def _fetch(
     limiter: RateController,
     transport: httpx.AsyncBaseTransport | None,
     progress: Progress,
+    events: EventLog,
     pending: int,
 ) -> FetchOutcome:
     fetched_since_flush = 0
@@ -215,13 +269,25 @@ async def _fetch(
             backoff=functools.partial(
                 backoff_delay, base=config.backoff_base, cap=config.backoff_cap
             ),
+            on_event=events.emit,
+            call_events=events.wants("call.done"),
         )
-        progress.start(pending)
+        beat = _heartbeat(lambda: progress.update(fetcher.current_tally()))
+        heartbeat = asyncio.create_task(beat)
         with _stop_on_signals(fetcher.request_stop):
             try:
                 return await fetcher.run(state.iter_pending())
             finally:
-                progress.stop()
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+
+
+async def _heartbeat(beat: Callable[[], None], every: float = HEARTBEAT_S) -> None:
+    """Progress updates while no call answers (a 302 pause, a retry heap waiting out back-off)."""
+    while True:
+        await asyncio.sleep(every)
+        beat()
 
 
 @contextlib.contextmanager

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -18,7 +20,7 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.fetcher import Fetcher, backoff_delay
-from pipeline.records import FetchedProfile
+from pipeline.records import CallTrace, FetchedProfile
 
 
 @dataclass(frozen=True)
@@ -222,3 +224,85 @@ def test_backoff_uses_full_jitter() -> None:
     delays = {backoff_delay(5) for _ in range(50)}
     assert all(0 <= d < 8 for d in delays)
     assert len(delays) > 1
+
+
+# --- what the loop reports -------------------------------------------------------------------
+
+
+@dataclass
+class TracingClient(FakeClient):
+    """A FakeClient that fills in the call trace the loop hands it, as the real client does."""
+
+    async def fetch(self, user_id: str, *, trace: CallTrace | None = None) -> FetchedProfile:
+        if trace is not None:
+            trace.http_status, trace.latency_s = 200, 0.0123
+        return await super().fetch(user_id)
+
+
+def recorder() -> tuple[list[tuple[str, dict[str, Any]]], Callable[[str, dict[str, Any]], None]]:
+    seen: list[tuple[str, dict[str, Any]]] = []
+    return seen, lambda event, fields: seen.append((event, fields))
+
+
+async def test_retries_and_failures_are_reported_as_events_with_the_id_code_and_attempt() -> None:
+    flaky, doomed, gone = uid(1), uid(2), uid(3)
+    client = FakeClient(
+        scripts={
+            flaky: [TransientError("collection failed (code 301)", code=301)],
+            doomed: [TransientError("internal server error (code 500)", code=500)] * 2,
+            gone: [PermanentError("no such user", code=404)],
+        }
+    )
+    seen, on_event = recorder()
+    backoff = {1: 0.25}
+    await make(
+        client, FakeLedger(), max_attempts=2, on_event=on_event, backoff=lambda a: backoff[a]
+    ).run(iter([Pending(flaky), Pending(doomed), Pending(gone)]))
+    assert sorted(seen, key=lambda e: (e[0], e[1]["user_id"])) == [
+        ("id.failed", {"user_id": doomed, "code": 500, "attempt": 2, "retryable": True,
+                       "message": "internal server error (code 500)"}),
+        ("id.failed", {"user_id": gone, "code": 404, "attempt": 1, "retryable": False,
+                       "message": "no such user"}),
+        ("id.retry", {"user_id": flaky, "code": 301, "attempt": 1, "retry_in_s": 0.25,
+                      "message": "collection failed (code 301)"}),
+        ("id.retry", {"user_id": doomed, "code": 500, "attempt": 1, "retry_in_s": 0.25,
+                      "message": "internal server error (code 500)"}),
+    ]  # fmt: skip
+
+
+async def test_call_events_come_only_when_asked_for_with_status_latency_and_outcome() -> None:
+    limited, ok = uid(4), uid(5)
+    scripts: dict[str, list[object]] = {limited: [RateLimitedError("rate limited (code 302)")]}
+    quiet, on_quiet = recorder()
+    await make(TracingClient(scripts=dict(scripts)), FakeLedger(), on_event=on_quiet).run(
+        iter([Pending(ok)])
+    )
+    assert quiet == []  # call_events off: nothing per call
+    seen, on_event = recorder()
+    client = TracingClient(scripts={limited: [RateLimitedError("rate limited (code 302)")]})
+    await make(client, FakeLedger(), on_event=on_event, call_events=True, concurrency=1).run(
+        iter([Pending(limited), Pending(ok)])
+    )
+    done = [fields for event, fields in seen if event == "call.done"]
+    common = {"http_status": 200, "latency_ms": 12.3}
+    assert sorted(done, key=lambda f: (f["user_id"], f["code"])) == [
+        {"user_id": limited, "attempt": 1, "code": 0, **common, "outcome": "ok"},
+        {"user_id": limited, "attempt": 1, "code": 302, **common, "outcome": "rate_limited"},
+        {"user_id": ok, "attempt": 1, "code": 0, **common, "outcome": "ok"},
+    ]  # a 302 costs no attempt: the retry is attempt 1 again
+
+
+async def test_the_tally_counts_the_ids_waiting_in_the_retry_heap() -> None:
+    waiting = [uid(i) for i in range(3)]
+    client = FakeClient(scripts={u: [TransientError("x", code=500)] for u in waiting})
+    backlog: list[int] = []
+    fetcher = make(
+        client,
+        FakeLedger(),
+        backoff=lambda _a: 0.05,
+        on_progress=lambda tally: backlog.append(tally.retrying),
+        concurrency=3,
+    )
+    outcome = await fetcher.run(iter(Pending(u) for u in waiting))
+    assert max(backlog) == 3  # all three waited out their back-off at once
+    assert backlog[-1] == 0 and outcome.tally.retrying == 0

@@ -584,3 +584,37 @@ def test_told_the_right_rate_it_holds_it_with_almost_no_302(server: str) -> None
     summary = f"{figures.efficiency:.3f} of the limit, {figures.limited_share:.2%} limited"
     assert figures.efficiency >= 0.93, summary
     assert figures.limited_share <= 0.01, summary
+
+
+# --- what the controller reports -------------------------------------------------------------
+
+
+def test_a_cut_and_a_retry_after_pause_are_reported_once_each() -> None:
+    sim = Sim()
+    seen: list[tuple[str, dict[str, Any]]] = []
+    limiter = controller(sim, 100.0, on_event=lambda event, fields: seen.append((event, fields)))
+    times = acquire_times(sim, limiter, 10)
+    sim.run()
+    sim.now = 0.1
+    for sent_at in times:  # one overload: one cut, one pause however many 302s
+        limiter.on_rate_limited(4.0, sent_at=sent_at)
+    assert seen == [
+        (
+            "rate.cut",
+            {"rate": 70.0, "previous_rate": 100.0, "ceiling_estimate": 100.0, "cuts": 1,
+             "pause_s": 4.0},
+        ),
+        ("rate.pause", {"pause_s": 4.0, "rate": 70.0}),
+    ]  # fmt: skip
+    assert limiter.paused_until == pytest.approx(4.1)
+
+
+def test_a_cut_without_retry_after_reports_its_one_interval_pause_and_no_pause_event() -> None:
+    sim = Sim()
+    seen: list[tuple[str, float]] = []
+    limiter = controller(
+        sim, 10.0, on_event=lambda event, fields: seen.append((event, fields["pause_s"]))
+    )
+    sim.now = 1.0
+    limiter.on_rate_limited(None)
+    assert seen == [("rate.cut", round(1 / 7, 3))]
