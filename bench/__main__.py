@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import report, scenarios
+from bench import changes_scale, report, scenarios
 from bench.harness import (
     REPO,
     load_average,
@@ -25,7 +25,9 @@ from bench.harness import (
 )
 from bench.scenarios import FAULT_MIX, LATENCY, NEVER_SUCCEED, Measure, Settings, log
 
-SECTIONS = ("rate", "zero", "big", "faults", "latency", "logging", "flatten", "crash", "resume")
+SECTIONS = (
+    "rate", "zero", "big", "faults", "latency", "logging", "flatten", "changes", "crash", "resume",
+)  # fmt: skip
 
 
 def _settings(args: argparse.Namespace, work: Path) -> Settings:
@@ -141,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         if "flatten" in only:
             log(f"3. flatten and write, {s.flatten_ids:,} profiles")
             measures += scenarios.flatten_and_write(s)
+        if "changes" in only:
+            creators, days = (1_000, 10) if s.quick else (10_000, 30)
+            log(f"3b. changes over {days} daily snapshots of {creators:,} creators")
+            measures += changes_scale.measure(work, creators, days)
         if "crash" in only:
             log(f"4. crash cost, {s.crash_ids:,} ids")
             measures += scenarios.crash_cost(s)

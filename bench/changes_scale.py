@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from bench.harness import XHS, run_child
+from bench.scenarios import Measure
 from pipeline import changes, sink
 from pipeline.flatten import flatten
 from pipeline.records import FetchedProfile
@@ -67,29 +68,17 @@ def build_dataset(out: Path, creators: int, snapshots: int) -> float:
     return time.perf_counter() - started
 
 
-def measure(work: Path, creators: int = 10_000, snapshots: int = 30) -> dict[str, float]:
+def measure(work: Path, creators: int = 10_000, snapshots: int = 30) -> list[Measure]:
+    """``xhs-profiles changes`` on the last snapshot and on the fifth, as two Measures."""
     out = work / "changes-scale"
     built_s = build_dataset(out, creators, snapshots)
-    figures: dict[str, float] = {"creators": creators, "snapshots": snapshots, "build_s": built_s}
-    for label, day in (("last", snapshots - 1), ("fifth", 4)):
+    measures = []
+    for day in (snapshots - 1, 4):
         date = START + dt.timedelta(days=day)
-        run = run_child(
-            [str(XHS), "changes", str(out), "--to", date.isoformat()],
-            log_dir=work / f"changes-{label}",
-            cap_s=600,
-        )
+        argv = [str(XHS), "changes", str(out), "--to", date.isoformat()]
+        run = run_child(argv, log_dir=work / f"changes-{day}", cap_s=600)
         if run.returncode != 0:
             raise RuntimeError(f"changes failed: {run.stderr.strip()}")
-        figures[f"{label}_wall_s"] = run.wall_s
-        figures[f"{label}_cpu_s"] = run.cpu_s
-        figures[f"{label}_peak_rss_mb"] = run.peak_rss_mb
-    return figures
-
-
-if __name__ == "__main__":
-    import sys
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="xhs-changes-") as folder:
-        n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
-        print(measure(Path(folder), creators=n))
+        extra = {"history": day, "snapshots": snapshots, "build_s": built_s}
+        measures.append(Measure("changes", f"snapshot {day + 1}", creators, run, extra=extra))
+    return measures

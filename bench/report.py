@@ -272,6 +272,7 @@ def render(
     lines += _e2e_sections(measures, s)
     lines += _logging_section(measures)
     lines += _flatten_section(measures)
+    lines += _changes_section(measures)
     lines += _crash_section(measures)
     lines += _notes()
     lines += _commands(measures, s)
@@ -460,6 +461,39 @@ def _spread(m: Measure) -> str:
             f"other work {m.extra['other_cores']:.2f} cores, steal {m.extra['steal_cores']:.2f}"
         )
     return " ".join(notes)
+
+
+def _changes_section(measures: Sequence[Measure]) -> list[str]:
+    group = [m for m in measures if m.section == "changes"]
+    if not group:
+        return []
+    first = group[0]
+    lines = [
+        "",
+        f"## 3b. `changes` over {first.extra['snapshots']} daily snapshots of {first.ids:,} "
+        "creators",
+        "",
+        f"The dataset (built in process through flatten, the sink and `changes.write`, no HTTP) "
+        f"took {first.extra['build_s']:.1f} s. Each row is one `xhs-profiles changes --to D` "
+        "child: its history is the earlier `profile_changes` partitions it reads for the spike "
+        "flag; peak memory should not grow with them.",
+        "",
+    ]
+    rows = [
+        [
+            m.contender,
+            str(m.extra["history"]),
+            _fmt(m.wall_s, 2),
+            _fmt(m.run.cpu_s if m.run else float("nan"), 2),
+            _fmt(m.run.peak_rss_mb if m.run else float("nan"), 0),
+            _ratio(m.run.peak_rss_mb, group[-1].run.peak_rss_mb) if m.run and group[-1].run else "",
+        ]
+        for m in group
+    ]
+    lines += _table(
+        ["changes for", "history partitions", "wall s", "CPU s", "peak RSS MB", "RSS ÷ 5th"], rows
+    )
+    return lines
 
 
 def _logging_section(measures: Sequence[Measure]) -> list[str]:
