@@ -43,6 +43,7 @@ from pipeline.schema import (
     CHANGE_COUNTERS,
     DEFAULT_TIERS,
     FOLLOWS_SPIKE_MIN,
+    IDENTITY_SOURCES,
     JUMP_MIN_FANS,
     JUMP_SHARE,
     NO_ENGAGEMENT_MIN_FANS,
@@ -59,15 +60,7 @@ from pipeline.state import State
 HISTORY_SNAPSHOTS: Final = 30
 _MAD_TO_SIGMA: Final = 1.4826
 _COUNTS: Final = ("fans", "follows", "liked", "collected", "notes_posted")
-_IDENTITY: Final = {  # changes column → profiles column
-    "nickname": "nickname",
-    "red_id": "red_id",
-    "description": "description",
-    "ip_location": "ip_location",
-    "verified": "red_official_verified",
-    "level": "level",
-    "tags": "tags",
-}
+_IDENTITY: Final = IDENTITY_SOURCES
 Tiers = Sequence[tuple[int, str, str]]
 
 

@@ -711,7 +711,8 @@ def status_command(obj: Seams | None, /, out_dir: Path, **options: Any) -> None:
     for name in ("max_age", "max_failure_rate", "max_failures"):
         if options[name] is not None and not options["check"]:
             raise UsageError(f"--{name.replace('_', '-')} applies to --check only: add --check")
-    date = None if options["snapshot_date"] is None else status.parse_date(options["snapshot_date"])
+    text = options["snapshot_date"]
+    date = None if text is None else parse_snapshot_date(text, option="--date")
     max_age = status.DEFAULT_MAX_AGE
     if options["max_age"] is not None:
         max_age = status.parse_duration(options["max_age"])

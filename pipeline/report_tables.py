@@ -35,7 +35,14 @@ from pipeline.report_records import (
     PresenceRow,
     capped,
 )
-from pipeline.schema import IDENTITY_FIELDS, PROFILE_CHANGES, PROFILE_TAGS, PROFILES, Table
+from pipeline.schema import (
+    IDENTITY_FIELDS,
+    IDENTITY_SOURCES,
+    PROFILE_CHANGES,
+    PROFILE_TAGS,
+    PROFILES,
+    Table,
+)
 
 # A profile link is shown only for these schemes (a share_link is data from the API).
 _LINK_SCHEMES: Final = ("https://", "http://")
@@ -46,14 +53,7 @@ PROFILE_COLUMNS: Final = (
     "red_official_verified", "level",
 )  # fmt: skip
 _TAG_COLUMNS: Final = ("user_id", "position", "name")
-_IDENTITY_SOURCE: Final = {
-    "nickname": "nickname",
-    "red_id": "red_id",
-    "description": "description",
-    "ip_location": "ip_location",
-    "verified": "red_official_verified",
-    "level": "level",
-}
+_IDENTITY_SOURCE: Final = IDENTITY_SOURCES
 
 
 def manifest_files(manifest: Mapping[str, Any], table: str) -> list[str] | None:

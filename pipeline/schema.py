@@ -137,10 +137,18 @@ FETCHED_TABLES: Final = (PROFILES, PROFILE_TAGS, PROFILE_INTERACTIONS)
 
 # The counters compared between two snapshots; ``likes_saves`` is liked + collected (赞藏).
 CHANGE_COUNTERS: Final = ("fans", "follows", "liked", "collected", "notes_posted", "likes_saves")
-# Identity fields whose change is reported with the old value (``<field>_before``).
-IDENTITY_FIELDS: Final = (
-    "nickname", "red_id", "description", "ip_location", "verified", "level", "tags",
-)  # fmt: skip
+# Identity fields whose change is reported with the old value (``<field>_before``), and the
+# ``profiles`` column each is read from (``tags`` are the ``profile_tags`` names, in order).
+IDENTITY_SOURCES: Final = {
+    "nickname": "nickname",
+    "red_id": "red_id",
+    "description": "description",
+    "ip_location": "ip_location",
+    "verified": "red_official_verified",
+    "level": "level",
+    "tags": "tags",
+}
+IDENTITY_FIELDS: Final = tuple(IDENTITY_SOURCES)
 
 
 def _counter_columns(counter: str) -> tuple[Column, ...]:

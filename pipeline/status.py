@@ -323,15 +323,6 @@ def parse_duration(text: str, option: str = "--max-age") -> dt.timedelta:
     return dt.timedelta(seconds=int(match[1]) * _UNITS[match[2]])
 
 
-def parse_date(text: str, option: str = "--date") -> dt.date:
-    try:
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-            raise ValueError(text)
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"{option} must be a date as YYYY-MM-DD, got {text!r}") from None
-
-
 def _duration(span: dt.timedelta) -> str:
     """An age as its two largest units: ``3h12m``, ``1d4h``, ``45s``."""
     left = max(int(span.total_seconds()), 0)  # a clock behind the manifest's: "0s ago"
