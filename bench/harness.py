@@ -102,6 +102,9 @@ class Ledger:
     by_code: dict[int, int]
     successes_by_id: dict[str, int]
     distinct_ids_called: int
+    max_in_flight: int = 0  # the most requests the sandbox held at once
+    max_calls_per_second: int = 0  # the most requests that arrived within any one second
+    latency_median_s: float | None = None  # of the latencies the sandbox applied
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Ledger:
@@ -110,6 +113,9 @@ class Ledger:
             by_code={int(k): int(v) for k, v in raw["by_code"].items()},
             successes_by_id={str(k): int(v) for k, v in raw["successes_by_id"].items()},
             distinct_ids_called=len(raw["calls_by_id"]),
+            max_in_flight=int(raw.get("max_in_flight", 0)),
+            max_calls_per_second=int(raw.get("max_calls_per_second", 0)),
+            latency_median_s=raw.get("latency_median_s"),
         )
 
     @property

@@ -493,6 +493,19 @@ def _fail(code: int, message: str, *, trace: str | None = None) -> NoReturn:
     help="Seconds per response, uniform between MIN and MAX.",
 )
 @click.option("--rate-limit", type=float, default=None, help="Requests/s before code 302.")
+@click.option(
+    "--rate-schedule",
+    default=None,
+    metavar="RATE@SECOND,...",
+    help="A limit that changes: e.g. 50@0,10@20,80@40 (requests/s from that second on).",
+)
+@click.option(
+    "--capacity",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Past N calls in flight, latency grows with them (x in flight / N).",
+)
 @click.option("--retry-after", type=float, default=None, help="Retry-After seconds on 302.")
 @click.option("--daily-quota", type=int, default=None, help="Successful calls before code 303.")
 @click.option(
@@ -539,6 +552,8 @@ def sandbox_command(host: str, port: int, **options: Any) -> None:
         token=options["token"],
         latency=_latency(options["latency"]),
         rate_limit=options["rate_limit"],
+        rate_schedule=options["rate_schedule"],
+        capacity=options["capacity"],
         retry_after=options["retry_after"],
         daily_quota=options["daily_quota"],
         fault_mix=options["faults"],

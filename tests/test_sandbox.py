@@ -333,6 +333,59 @@ def test_rate_limit_without_retry_after_sends_no_header(sandbox: SandboxFactory)
     assert "retry-after" not in limited.headers
 
 
+def test_a_rate_schedule_changes_the_limit_at_the_seconds_it_names(
+    sandbox: SandboxFactory,
+) -> None:
+    """``50@0,2@0.3``: the limit is 50/s for the server's first 0.3 s, then 2/s."""
+    box = sandbox(rate_schedule="50@0,2@0.3")
+    early = [get(box, uid).json()["code"] for uid in IDS[:10]]
+    time.sleep(max(0.0, 0.35 - (time.monotonic() - box_born(box))))
+    late = [get(box, uid).json()["code"] for uid in IDS[10:20]]
+    assert early == [0] * 10  # a 50/s bucket holds 50 tokens
+    assert late.count(302) >= 7  # 2 tokens at most, refilled at 2/s
+    assert box.stats().by_code[302] == late.count(302)
+
+
+def box_born(box: Sandbox) -> float:
+    state = box._state
+    assert state is not None
+    return state.born
+
+
+@pytest.mark.slow
+def test_capacity_mode_stretches_latency_with_the_calls_in_flight(
+    sandbox: SandboxFactory,
+) -> None:
+    """Past ``capacity`` calls in flight each answer takes latency x in flight / capacity."""
+    box = sandbox(latency=0.2, capacity=2)
+
+    async def burst(n: int) -> float:
+        async with httpx.AsyncClient(base_url=box.base_url) as client:
+            started = time.monotonic()
+            await asyncio.gather(
+                *(client.get(V4, params={"token": "sandbox", "userId": uid}) for uid in IDS[:n])
+            )
+            return time.monotonic() - started
+
+    assert asyncio.run(burst(2)) < 0.35  # at capacity: the plain 0.2 s
+    assert asyncio.run(burst(8)) > 0.6  # 8 in flight over 2: the last arrivals wait 0.8 s
+    stats = box.stats()
+    assert stats.max_in_flight == 8
+    assert stats.latency_median_s is not None and 0.2 <= stats.latency_median_s <= 0.8
+
+
+def test_the_ledger_records_most_in_flight_most_calls_in_a_second_and_latency(
+    sandbox: SandboxFactory,
+) -> None:
+    box = sandbox(latency=0.05)
+    for uid in IDS[:5]:
+        get(box, uid)
+    stats = box.stats()
+    assert (stats.max_in_flight, stats.max_calls_per_second) == (1, 5)
+    assert stats.latency_median_s == stats.latency_p90_s == 0.05
+    assert SandboxStats.from_json(stats.to_json()) == stats
+
+
 def test_a_gone_version_answers_404_html_and_the_other_still_works(
     sandbox: SandboxFactory,
 ) -> None:
@@ -387,7 +440,9 @@ def test_the_script_and_stats_endpoints_drive_a_sandbox_over_http(
     assert HTTP.post(box.base_url + "/_sandbox/script", content=b"[").status_code == 400
     stats = HTTP.get(box.base_url + "/_sandbox/stats")
     assert stats.json() == {"calls": 3, "calls_by_id": {UID: 3}, "successes_by_id": {UID: 1},
-                            "by_code": {"301": 1, "600": 1, "0": 1}}  # fmt: skip
+                            "by_code": {"301": 1, "600": 1, "0": 1}, "max_in_flight": 1,
+                            "max_calls_per_second": 3, "latency_median_s": 0.0,
+                            "latency_p90_s": 0.0}  # fmt: skip
     assert SandboxStats.from_json(stats.content) == box.stats()
 
 
@@ -438,6 +493,9 @@ def test_from_options_parses_the_cli_strings() -> None:
     assert SandboxConfig.from_options(latency="0.1-0.2").latency == (0.1, 0.2)
     assert SandboxConfig.from_options(latency=(0, 1)) == SandboxConfig(latency=(0.0, 1.0))
     assert SandboxConfig.from_options(token=None) == SandboxConfig()
+    scheduled = SandboxConfig.from_options(rate_schedule="50@0,10@20,80@40", capacity="40")
+    assert scheduled.rate_schedule == ((0.0, 50.0), (20.0, 10.0), (40.0, 80.0))
+    assert scheduled.capacity == 40
 
 
 @pytest.mark.parametrize(
@@ -452,6 +510,10 @@ def test_from_options_parses_the_cli_strings() -> None:
         {"latency": "0.5:0.1"},
         {"latency": "1:2:3"},
         {"rate_limit": 0},
+        {"rate_schedule": "50"},
+        {"rate_schedule": "50@5,10@2"},
+        {"rate_schedule": "0@0"},
+        {"capacity": 0},
         {"daily_quota": "many"},
         {"never_succeed": 1.5},
         {"gone_versions": "v5"},

@@ -99,6 +99,12 @@ class SandboxConfig:
     token: str = field(default="sandbox", repr=False)
     latency: tuple[float, float] = (0.0, 0.0)
     rate_limit: float | None = None
+    # (second of the server's life, requests/s from then on): the limit changes during a run;
+    # before the first entry ``rate_limit`` applies.
+    rate_schedule: tuple[tuple[float, float], ...] = ()
+    # Calls in flight the server serves at full speed: past it each answer takes the latency
+    # times (calls in flight at arrival / capacity), as a queueing server does.
+    capacity: int | None = None
     retry_after: float | None = None
     daily_quota: int | None = None
     fault_mix: Mapping[str, float] = field(default_factory=dict)
@@ -117,6 +123,14 @@ class SandboxConfig:
             raise SandboxOptionError("the sandbox token must not be empty")
         if self.rate_limit is not None and not self.rate_limit > 0:
             raise SandboxOptionError(f"rate_limit must be > 0 requests/s, got {self.rate_limit}")
+        schedule = tuple((float(at), float(rate)) for at, rate in self.rate_schedule)
+        times = [at for at, _ in schedule]
+        if any(not at >= 0 for at in times) or times != sorted(set(times)):
+            raise SandboxOptionError("rate_schedule times must be >= 0 seconds and increasing")
+        if any(not rate > 0 for _, rate in schedule):
+            raise SandboxOptionError("rate_schedule rates must be > 0 requests/s")
+        if self.capacity is not None and not self.capacity >= 1:
+            raise SandboxOptionError(f"capacity must be >= 1 call in flight, got {self.capacity}")
         for name in ("retry_after", "daily_quota"):
             value = getattr(self, name)
             if value is not None and not value >= 0:  # written so that NaN fails too
@@ -130,6 +144,7 @@ class SandboxConfig:
         if not self.gone_versions <= VERSIONS:
             raise SandboxOptionError(f"gone_versions must be among {sorted(VERSIONS)}")
         object.__setattr__(self, "latency", (lo, hi))
+        object.__setattr__(self, "rate_schedule", schedule)
         object.__setattr__(self, "fault_mix", MappingProxyType(fault_mix))
         object.__setattr__(self, "scripts", MappingProxyType(scripts))
         object.__setattr__(self, "gone_versions", frozenset(self.gone_versions))
@@ -147,7 +162,8 @@ class SandboxConfig:
         ``latency``: a number, ``(min, max)``, ``"MIN:MAX"``, ``"MIN-MAX"`` or ``"MIN,MAX"``;
         ``fault_mix``: ``"301:0.05,reset:0.02"``; ``scripts``: ``"ID=mode,mode;ID2=mode"``;
         ``gone_versions``: ``"v4"`` or ``"v3,v4"`` or any iterable; ``drift``: a ``DriftPlan``
-        or the path of its JSON file; ``as_of``: a date or ``"YYYY-MM-DD"``.
+        or the path of its JSON file; ``as_of``: a date or ``"YYYY-MM-DD"``; ``rate_schedule``:
+        ``"50@0,10@20,80@40"`` (requests/s from that second of the server's life on).
         """
         unknown = set(kwargs) - set(cls.__dataclass_fields__)
         if unknown:
@@ -160,6 +176,8 @@ class SandboxConfig:
                 values["fault_mix"] = _parse_fault_mix(values["fault_mix"])
             if isinstance(values.get("scripts"), str):
                 values["scripts"] = _parse_scripts(values["scripts"])
+            if isinstance(values.get("rate_schedule"), str):
+                values["rate_schedule"] = _parse_schedule(values["rate_schedule"])
             if "gone_versions" in values:
                 gone = values["gone_versions"]
                 items = gone.split(",") if isinstance(gone, str) else gone
@@ -168,9 +186,10 @@ class SandboxConfig:
                 values["drift"] = DriftPlan.load(Path(values["drift"]))
             if "as_of" in values:
                 values["as_of"] = parse_date(values["as_of"], "as_of")
-            for name in ("rate_limit", "retry_after", "never_succeed", "daily_quota", "seed"):
+            integers = ("daily_quota", "seed", "capacity")
+            for name in ("rate_limit", "retry_after", "never_succeed", *integers):
                 if name in values:
-                    values[name] = (int if name in ("daily_quota", "seed") else float)(values[name])
+                    values[name] = (int if name in integers else float)(values[name])
             return cls(**values)
         except (TypeError, ValueError) as exc:
             if isinstance(exc, SandboxOptionError):
@@ -205,6 +224,16 @@ def _parse_latency(value: object) -> tuple[float, float]:
     raise SandboxOptionError(f"latency must be MIN or MIN:MAX seconds, got {value!r}")
 
 
+def _parse_schedule(text: str) -> tuple[tuple[float, float], ...]:
+    schedule = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        rate, sep, at = item.partition("@")
+        if not sep:
+            raise SandboxOptionError(f"rate schedule item {item!r} is not RATE@SECOND")
+        schedule.append((float(at), float(rate)))
+    return tuple(schedule)
+
+
 def _parse_fault_mix(text: str) -> dict[str, float]:
     mix: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -227,12 +256,21 @@ def _parse_scripts(text: str) -> dict[str, list[str]]:
 
 @dataclass(frozen=True)
 class SandboxStats:
-    """A snapshot of the ledger."""
+    """A snapshot of the ledger.
+
+    ``max_in_flight``: the most requests the server held at once; ``max_calls_per_second``: the
+    most API requests that arrived within any one second (a sliding window); ``latency_median_s``
+    and ``latency_p90_s``: of the latencies it applied (to the millisecond), None before any.
+    """
 
     calls: int
     calls_by_id: dict[str, int]
     successes_by_id: dict[str, int]
     by_code: dict[int, int]
+    max_in_flight: int = 0
+    max_calls_per_second: int = 0
+    latency_median_s: float | None = None
+    latency_p90_s: float | None = None
 
     @property
     def successes(self) -> int:
@@ -246,5 +284,12 @@ class SandboxStats:
         raw = orjson.loads(body)
         by_code = {int(code): int(n) for code, n in raw["by_code"].items()}
         return cls(
-            int(raw["calls"]), dict(raw["calls_by_id"]), dict(raw["successes_by_id"]), by_code
+            int(raw["calls"]),
+            dict(raw["calls_by_id"]),
+            dict(raw["successes_by_id"]),
+            by_code,
+            int(raw.get("max_in_flight", 0)),
+            int(raw.get("max_calls_per_second", 0)),
+            raw.get("latency_median_s"),
+            raw.get("latency_p90_s"),
         )

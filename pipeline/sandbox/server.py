@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import date
 from typing import Any, Final, TypeVar
@@ -73,9 +74,16 @@ class _ServerState:
         self.successes = 0
         self.ledger: dict[str, list[int]] = {}  # id → [calls, successes, calls past the checks]
         self.by_code: dict[int, int] = {}
-        self.burst = max(1.0, config.rate_limit or 0.0)
+        self.born = time.monotonic()
+        self.limit = self._limit_at(0.0)
+        self.burst = max(1.0, self.limit or 0.0)
         self.tokens = self.burst
-        self.refilled_at = time.monotonic()
+        self.refilled_at = self.born
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.arrivals: deque[float] = deque()  # API requests of the last second
+        self.max_per_second = 0
+        self.latencies: dict[int, int] = {}  # applied latency in ms -> calls
         self.latency_rng = random.Random(config.seed)
         self.slow_delay = max(2 * config.latency[1], 1.0)
         self.retry_after = None if config.retry_after is None else f"{config.retry_after:g}"
@@ -124,7 +132,14 @@ class _ServerState:
             entry = self.ledger[user_id] = [0, 0, 0]
         entry[0] += 1
         self.calls += 1
-        mode = self._gate(version, token, user_id) or self._scheduled(user_id, entry)
+        now = time.monotonic()
+        arrivals = self.arrivals
+        arrivals.append(now)
+        while arrivals[0] <= now - 1.0:
+            arrivals.popleft()
+        if len(arrivals) > self.max_per_second:
+            self.max_per_second = len(arrivals)
+        mode = self._gate(version, token, user_id, now) or self._scheduled(user_id, entry)
         if mode.success:
             entry[1] += 1
             self.successes += 1
@@ -132,7 +147,7 @@ class _ServerState:
         self.by_code[code] = self.by_code.get(code, 0) + 1
         return user_id, mode
 
-    def _gate(self, version: str, token: str | None, user_id: str) -> Mode | None:
+    def _gate(self, version: str, token: str | None, user_id: str, now: float) -> Mode | None:
         config = self.config
         if version in config.gone_versions or version not in VERSIONS:
             return _GONE
@@ -140,20 +155,35 @@ class _ServerState:
             return _REJECTIONS[100]
         if config.daily_quota is not None and self.successes >= config.daily_quota:
             return _REJECTIONS[303]
-        if config.rate_limit is not None and not self._take_token(config.rate_limit):
+        if not self._take_token(now):
             return _REJECTIONS[302]
         if not _ID.fullmatch(user_id):
             return _REJECTIONS[400]
         return None
 
-    def _take_token(self, rate: float) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.refilled_at) * rate)
+    def _take_token(self, now: float) -> bool:
+        """The token bucket: ``limit`` a second (from the schedule, if any), a second's burst."""
+        limit = self.limit
+        if self.config.rate_schedule:
+            limit = self._limit_at(now - self.born)
+            if limit != self.limit:
+                self.limit, self.burst = limit, max(1.0, limit or 0.0)
+        if limit is None:
+            return True
+        self.tokens = min(self.burst, self.tokens + (now - self.refilled_at) * limit)
         self.refilled_at = now
         if self.tokens < 1.0:
             return False
         self.tokens -= 1.0
         return True
+
+    def _limit_at(self, age: float) -> float | None:
+        """Requests/s allowed ``age`` seconds into the server's life (None: no limit)."""
+        limit = self.config.rate_limit
+        for at, rate in self.config.rate_schedule:
+            if age >= at:
+                limit = rate
+        return limit
 
     def _scheduled(self, user_id: str, entry: list[int]) -> Mode:
         entry[2] += 1
@@ -185,13 +215,51 @@ class _ServerState:
         entry = self.ledger.get(user_id)
         self.scripts[user_id] = (entry[2] if entry else 0, parsed)
 
+    def latency(self, mode: Mode) -> float:
+        """Seconds to answer this call in: drawn, times the queue in capacity mode."""
+        if mode.kind == "slow":
+            delay = self.slow_delay
+        elif self.config.latency[1] > 0:
+            delay = self.latency_rng.uniform(*self.config.latency)
+        else:
+            delay = 0.0
+        capacity = self.config.capacity
+        if capacity is not None and self.in_flight > capacity:
+            delay *= self.in_flight / capacity
+        key = round(delay * 1000)
+        self.latencies[key] = self.latencies.get(key, 0) + 1
+        return delay
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        if self.in_flight > self.max_in_flight:
+            self.max_in_flight = self.in_flight
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
     def snapshot(self) -> SandboxStats:
         return SandboxStats(
             calls=self.calls,
             calls_by_id={uid: e[0] for uid, e in self.ledger.items()},
             successes_by_id={uid: e[1] for uid, e in self.ledger.items() if e[1]},
             by_code=dict(self.by_code),
+            max_in_flight=self.max_in_flight,
+            max_calls_per_second=self.max_per_second,
+            latency_median_s=self._latency_quantile(0.5),
+            latency_p90_s=self._latency_quantile(0.9),
         )
+
+    def _latency_quantile(self, share: float) -> float | None:
+        total = sum(self.latencies.values())
+        if not total:
+            return None
+        seen = 0
+        for key in sorted(self.latencies):
+            seen += self.latencies[key]
+            if seen >= share * total:
+                return key / 1000
+        return None  # not reached: the shares add up to the total
 
     def envelope(self, code: bytes | None, message: str, data: bytes) -> bytes:
         now = int(time.time())
@@ -318,13 +386,16 @@ async def _handle_api(request: web.Request) -> web.StreamResponse:
     query = request.query
     version, token = request.match_info["version"], query.get("token")
     uid, mode = state.decide(version, token, query.get("userId", ""))
-    if mode.kind == "slow":
-        await asyncio.sleep(state.slow_delay)
-    elif state.config.latency[1] > 0:
-        await asyncio.sleep(state.latency_rng.uniform(*state.config.latency))
-    if mode is _OK:  # the hot path
-        return web.Response(body=state.success_body(uid), headers=_JSON)
-    return await _answer(state, request, mode, uid)
+    state.enter()
+    try:
+        delay = state.latency(mode)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if mode is _OK:  # the hot path
+            return web.Response(body=state.success_body(uid), headers=_JSON)
+        return await _answer(state, request, mode, uid)
+    finally:
+        state.leave()
 
 
 async def _handle_stats(request: web.Request) -> web.Response:
