@@ -46,8 +46,10 @@ any other code                                         PermanentError(code) "une
 
 The HTTP status never decides when the body is JSON: the vendor sends 4xx/5xx with the same
 envelope.  Every JSON answer other than 302 tells the limiter the rate was accepted
-(``on_success``), whatever its code; both limiter calls carry the send time ``acquire``
-returned, so the limiter can tell stale 302s from fresh ones and measure the round trip.
+(``on_success``), whatever its code; a call with no usable answer (a transport fault, a
+timeout, a body that is not JSON or has no business code) tells it ``on_failed``.  Each call
+tells it exactly one of the three, with the send time ``acquire`` returned, so the limiter frees
+the call's slot in its window, tells stale 302s from fresh ones and measures the round trip.
 
 Rules:
 - The token travels only in the query (URL-encoded once, when the client is built).  It never
@@ -165,18 +167,23 @@ class ProfileClient:
                 code=CODE_INVALID_INPUT,
             )
         sent_at = await self._limiter.acquire()
-        if trace is None:
-            status, retry_after, body = await self._exchange(user_id)
-        else:
-            started = time.perf_counter()
-            try:
+        try:
+            if trace is None:
                 status, retry_after, body = await self._exchange(user_id)
-            finally:
-                trace.latency_s = time.perf_counter() - started
-            trace.http_status = status
-        envelope, via_stdlib = self._parse(body, status)
+            else:
+                started = time.perf_counter()
+                try:
+                    status, retry_after, body = await self._exchange(user_id)
+                finally:
+                    trace.latency_s = time.perf_counter() - started
+                trace.http_status = status
+            envelope, via_stdlib = self._parse(body, status)
+        except BaseException:
+            self._limiter.on_failed(sent_at=sent_at)  # no usable answer: the slot is free
+            raise
         code = _business_code(envelope.get("code")) if isinstance(envelope, dict) else None
         if code is None or not isinstance(envelope, dict):
+            self._limiter.on_failed(sent_at=sent_at)
             if status == 404:
                 raise self._endpoint_gone()
             raise TransientError("response has no business code", code=CODE_NO_RESPONSE)
@@ -187,7 +194,7 @@ class ProfileClient:
             raise RateLimitedError(
                 _with(f"rate limited (code {code})", message), retry_after=seconds
             )
-        self._limiter.on_success(sent_at=sent_at)
+        self._limiter.on_success(sent_at=sent_at, fault=code in _TRANSIENT_CODES)
         if code == 0:
             return self._profile(user_id, envelope, via_stdlib)
         raise self._business_error(code, message)

@@ -1,44 +1,67 @@
-"""One rate controller shared by every worker: pacing, AIMD on 302, and a shared pause.
+"""One controller of rate and concurrency below the retry loop, needing no setting.
 
-Why it is written here: aiolimiter's leaky bucket cannot change its rate while running, and
-tenacity/stamina retry in-line (the waiting call keeps its concurrency slot).  This controller
-only paces and adapts; retry scheduling stays in the fetch loop's not-before heap.
+Every call, first attempts and retries alike, passes through it: ``acquire`` waits for a slot in
+the in-flight window, for the shared pause to end and for its turn at the pacing rate, and
+returns the send time; the client answers with exactly one of ``on_success`` (any answer but
+302), ``on_rate_limited`` (302) or ``on_failed`` (no usable answer), passing that send time back.
 
-Rules:
-1. Pacing: each ``acquire`` takes the next ticket (first come, first served; no ``await``
-   between reading and bumping the counter, so no lock is needed).  Ticket k may go at
-   ``anchor_time + (k - anchor_ticket) / rate``.  When the rate changes, the schedule is
-   re-anchored at "now", so tickets already handed out speed up or slow down with it (absolute
-   slot reservations would keep a queue booked at a rate long since raised); waiters re-check
-   their slot at least every ``MAX_NAP`` seconds.  After an idle spell ``burst`` calls may go at
-   once.  Rate ``None`` means no pacing until the first 302.
-2. Every call, first attempts and retries alike, acquires: the client calls ``acquire`` right
-   before each request and ``on_rate_limited`` / ``on_success`` with each answer, passing the
-   send time ``acquire`` returned.
-3. Multiplicative decrease on 302.  The rate at which the 302 happened is the lowest of the set
-   rate, the rate calls were actually sent at and the rate the server accepted them at (a set
-   rate of 1000/s means little when 16 workers send 160/s).  Rates are measured over the last
-   ``max(1 s, round trip)`` of unpaused time; accepted rates only once the history is longer
-   than a round trip plus 0.5 s (before that, the answers have not come back yet).  That rate
-   becomes the ceiling estimate, and the new rate is 0.7 times it, or 0.9 times it when it
-   confirms the previous estimate (within 10%): a known ceiling needs a nudge, not a cut that
-   makes the sawtooth average far below the limit.  Never below ``min_rate``.
-   One overload gives one cut, not one per 302: a 302 for a call sent before the last cut says
-   nothing about the new rate; without a send time, at most one cut per
-   ``max(0.5 s, burst / rate)``; and no cut while the rate is below what the server has just
-   accepted (a sliding-window limiter still remembering an earlier overload).
-4. Additive increase, only after a cut, time-based (per second of successes, not per call; time
-   paused or idle is not credited), and only once 302s have stopped for
-   ``max(0.5 s, burst / rate)``: halfway back to the ceiling estimate per second while below
-   it, then slow probing at ``max(1, 2% of the rate)`` requests/s per second.  Never above the
-   user's ``--rate``.
-5. Pause: a 302 with ``Retry-After`` pauses every worker for that long; a cut without one pauses
-   them for one new interval, so calls queued at the old pace do not go out in a burst.
-6. Time comes from the injected ``clock`` / ``sleep``, so tests run on a simulated clock.
-7. What it decides is reported through the injected ``on_event`` callback (never a logger of its
-   own): ``rate.cut`` for each cut (with the pause of one new interval it starts), and
-   ``rate.pause`` when a ``Retry-After`` starts a pause (not for each 302 that extends one).
-   ``paused_until`` and ``rate`` are read-only views for the progress display.
+Why it is written here: aiolimiter's leaky bucket cannot change its rate while running,
+tenacity/stamina retry in-line (the waiting call keeps its slot), and the anchors that adapt
+(botocore's adaptive mode, Netflix concurrency-limits, Envoy's adaptive concurrency, BBR) each
+control one of the two numbers, from a signal this API does not give (a throttle is a business
+code 302 in a 200 body, its limit is not published, and a call takes 50 ms or several seconds).
+
+It owns two numbers: the pacing rate R and the window W (calls admitted and not yet answered).
+Throughput is min(R, W / round trip).  The user's ``--rate`` and ``--concurrency`` are caps on
+them, never targets.  Rules (constants below, with why):
+
+1. Start: R = ``START_RATE`` (16/s, what today's 16 slots send at a one-second round trip), W
+   from R.  Until the first 302 R grows by ``START_GROWTH`` (x1.15) per smoothed round trip, in
+   time (so a 3 s round trip grows slowly and a 2 ms one fast), only while callers actually wait
+   for the pacer (a rate nobody uses proves nothing) and never before the first answer.  A
+   server's burst hides its limit, so the first 302 arrives when the rate is past the limit by
+   about one round trip of growth: a small factor, not a window of wide-open sending.
+2. Window: W = ``WINDOW_GAIN`` x R x round trip + ``WINDOW_HEADROOM`` (BBR's cwnd = 2 x bw x
+   RTT), the round trip being the smoothed one, or before any answer the age of the oldest call
+   in flight; never below ``MIN_WINDOW`` nor above ``max_in_flight``.  Long calls get more
+   slots, short calls fewer, and a limit that drops costs at most one window of 302s.
+3. On the first fresh 302 (sent after the last cut) R is cut to ``CUT`` x the rate calls were
+   actually sent at (a 302 while probing: to ``PROBE_CUT`` x, never below the cruise rate known
+   to be accepted).  Then what the server accepts is measured by send time: between the first
+   and the last refused call of the episode the server's bucket was empty at both ends, so the
+   calls it accepted in between, divided by that span, are its limit (BBR's long-term policer
+   estimate), free of the burst that answer-time rates carry.  The estimate is taken once every
+   call sent before the last cut has been answered and the span holds ``MEASURE_ACCEPTS``
+   accepted calls over at least ``MEASURE_SPAN`` s; a short span gives a rough estimate,
+   trusted for a short hold only.  While measuring, a further cut comes only when more than
+   half of the calls sent since the last cut are refused.
+4. Cruise at ``CRUISE_GAIN`` (0.97) x the estimate, hold for max(``HOLD_MIN`` s,
+   ``HOLD_ROUNDS`` round trips), doubled (up to ``HOLD_DOUBLINGS`` times) when the estimate
+   confirms the previous one within 10%; then probe: R = cruise x (1 + ``PROBE_GAIN`` x
+   (t / unit)^3), t counted while the pacer binds, unit = max(1 s, 2 round trips): +2%, +16%,
+   +54%, x3.5 at 5 units, ... gentle near the ceiling, then fast enough to find a limit that
+   rose eightfold within seconds; scale-free, and slow at long round trips where an overshoot
+   costs more.
+5. Latency (queueing with no rate limit): answers are grouped in rounds of at least
+   ``ROUND_SAMPLES`` answers and one round trip; the base is the lowest round median over
+   ``BASE_WINDOW`` s.  When a round's median passes ``DELAY_TARGET`` x base, the window is cut
+   to the calls admitted x target x base / median (Envoy's gradient, buffer 25%), so growth
+   stops before latency balloons; below the target a window-bound round lets it grow again.
+   While latency binds the window, one round every ``BASE_WINDOW`` s runs at half of it to
+   measure the base afresh (BBR's PROBE_RTT), so a queue the controller keeps never becomes its
+   own baseline.  302s set R; latency never raises R.
+6. ``Retry-After`` pauses every caller for that long (0: no pause, the cut still applies); time
+   paused or idle is never credited to growth or to a measurement span; a 302 for a call sent
+   before the last cut says nothing about the new rate.  Answers that are not 302 (500s of a
+   retry storm included) are the rate accepted; when more than ``FAULT_FREEZE`` of a round's
+   calls fail (301/500/503 or no usable answer) growth stops until a round is healthy again, so
+   a storm's retries, which pass the same pacer and window, never pose as spare capacity.
+7. Caps: R never exceeds the user's rate, W never exceeds ``max_in_flight``; a pacing schedule
+   of tickets (``anchor_time + (k - anchor_ticket) / R``, re-anchored when R changes) spaces
+   calls by at least 1 / R, first come first served.
+8. Visible: ``snapshot`` gives R, W, the round trips, the ceiling estimate, the phase, cuts by
+   reason and the last few cuts; ``on_event`` hears ``rate.cut`` and ``rate.pause``.  Time
+   comes from the injected ``clock`` / ``sleep`` / ``event``, so tests run on a simulated clock.
 """
 
 from __future__ import annotations
@@ -48,30 +71,95 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
 
-DECREASE_FACTOR = 0.7
-GENTLE_FACTOR = 0.9  # when the 302 came within CONFIRM_BAND of the last ceiling estimate
-CONFIRM_BAND = 0.9
-RATE_WINDOW = 1.0  # seconds over which send and success rates are measured, at least
-MIN_CUT_SPACING = 0.5  # seconds between cuts when the 302's send time is unknown
-DEFAULT_START_RATE = 10.0  # requests/s after a first 302 when nothing was measured
-MAX_GROWTH_STEP = 1.0  # seconds of success credited at once (no jump after an idle spell)
-MAX_NAP = 0.25  # seconds a waiter sleeps before re-checking its slot against the current rate
-RTT_SMOOTHING = 0.2  # weight of a new round-trip sample in the moving average
+START_RATE: Final = 16.0  # requests/s before anything is known
+START_GROWTH: Final = 1.15  # per round trip until a 302: the first overshoot is ~15% for ~1 RTT
+MAX_GROWTH: Final = 1.5  # per round trip, however far the start has grown
+GROWTH_RTT_FLOOR: Final = 0.01  # s: growth is never timed on a round trip shorter than this
+MIN_RATE: Final = 0.5  # requests/s (botocore's floor)
+CUT: Final = 0.5  # a 302 while cruising (the limit fell): halve what was sent (TCP)
+STARTUP_BURST_S: Final = 1.0  # the burst the start's first cut assumes a server allows, in s
+STARTUP_CUT_MIN: Final = 0.25  # the start's first cut: what was sent x 0.25 ... 0.8
+STARTUP_CUT_MAX: Final = 0.8
+PROBE_CUT: Final = 0.85  # a probe's 302: back to the cruise rate (or 85% of what it sent)
+CRUISE_GAIN: Final = 0.97  # of the measured limit (BBR's pacing margin + the estimate's error)
+MEASURE_ACCEPTS: Final = 20  # accepted calls in a span for a trusted estimate (~1/sqrt(20))
+MEASURE_SPAN: Final = 0.5  # s of send time, at least
+HOLD_MIN: Final = 2.5  # s of cruise before probing, at least
+HOLD_ROUNDS: Final = 8  # round trips of cruise before probing, at least
+HOLD_DOUBLINGS: Final = 0  # a confirmed ceiling does not lengthen the hold
+CONFIRM_BAND: Final = 0.1  # estimates within 10% confirm each other
+PROBE_GAIN: Final = 0.1  # probe: cruise x (1 + 0.02 t^3), t in probe units
+PROBE_UNIT_MIN: Final = 1.0  # s
+PROBE_UNIT_ROUNDS: Final = 2.0  # round trips per probe unit
+WINDOW_GAIN: Final = 2.0  # BBR cwnd_gain
+WINDOW_HEADROOM: Final = 4  # calls (BBR's minimum cwnd)
+MIN_WINDOW: Final = 8  # calls in flight, at least (zero latency loses nothing at 8)
+DEFAULT_MAX_IN_FLIGHT: Final = 512
+ROUND_SAMPLES: Final = 32  # answers per latency round: a median steady enough to compare
+BASE_WINDOW: Final = 10.0  # s over which the base round trip is the lowest round median
+DELIVERY_WINDOW: Final = 20.0  # s over which the delivery rate is the highest (BBR: bw > RTT)
+DELAY_TARGET: Final = 1.25  # queueing allowed over the base (Envoy's 25% buffer)
+DELAY_GROWTH: Final = 1.25  # most the latency rule lets the window grow per round
+DELAY_FLOOR: Final = 0.5  # most the latency rule cuts the window per round
+FAULT_FREEZE: Final = 0.5  # more than half of a round's answers failed: no growth for a while
+RTT_SMOOTHING: Final = 0.125  # weight of a new round-trip sample (TCP's srtt)
+MAX_NAP: Final = 0.25  # s a pacer waiter sleeps before re-checking its slot
+CAP_MARGIN: Final = 0.02  # the user's --rate is kept over (1 + 2%) s windows of our own sends
+MAX_GROWTH_STEP: Final = 1.0  # s of growth credited at once
+LAST_CUTS: Final = 5  # cuts kept in the snapshot
+ANSWER_LOG_S: Final = 30.0  # s of answers kept (by answer time) for the estimates
+PAIR_SPAN_MAX: Final = 30.0  # s between two episodes' refusals, at most, for their estimate
+
+
+class _Event(Protocol):
+    def set(self) -> None: ...
+    def wait(self) -> Awaitable[Any]: ...
+
+
+@dataclass(slots=True)
+class _Episode:
+    """From a fresh 302 to the estimate of what the server accepts."""
+
+    start: float  # send time of the first refused call
+    send_rate: float  # what was being sent when it was refused
+    cut_at: float  # send time after which calls are fresh (the last cut)
+    until: float = math.inf  # calls sent from here on (a pause began) are not measured
+    probe: bool = False  # opened by a probe past the known ceiling
+    answers: list[tuple[float, bool]] = field(default_factory=list)  # (sent, accepted)
+    fresh_ok: int = 0
+    fresh_refused: int = 0
+    next_check: float = -math.inf
+
+
+@dataclass(slots=True)
+class _Round:
+    """Calls sent in [start, end): their round trips, once every one of them is answered."""
+
+    start: float
+    end: float
+    samples: list[float] = field(default_factory=list)
+    answers: int = 0
+    faults: int = 0  # answers that were transient failures, or no usable answer
+    admitted_max: int = 0
+    probe: bool = False  # a base-measuring round at half the window
 
 
 class RateController:
-    """Token bucket shared by all workers + AIMD on 302 + shared pause."""
+    """Pacing + in-flight window, adapted to 302s and latency; caps from the user."""
 
     def __init__(
         self,
-        rate: float | None,
+        rate: float | None = None,
         *,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         burst: float = 1.0,
-        min_rate: float = 0.5,
+        min_rate: float = MIN_RATE,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        event: Callable[[], _Event] = asyncio.Event,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         if rate is not None and not (rate > 0 and math.isfinite(rate)):
@@ -80,47 +168,275 @@ class RateController:
             raise ValueError(f"burst must be at least 1, got {burst}")
         if not min_rate > 0:
             raise ValueError(f"min_rate must be positive, got {min_rate}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self._user_rate = rate
-        self._rate = rate
-        self._burst = burst
+        self._cap = rate if rate is not None else math.inf
+        self._max_in_flight = max_in_flight
+        self._min_window = min(MIN_WINDOW, max_in_flight)
         self._min_rate = min(min_rate, rate) if rate is not None else min_rate
+        self._rate = min(START_RATE, self._cap)
+        # The user's cap is also kept over any ``CAP_WINDOW`` of sends: at most floor(rate) calls
+        # in any (1 + CAP_MARGIN) s, so jitter on the way cannot show the server more.
+        self._cap_calls = max(1, math.floor(rate)) if rate is not None else 0
+        self._cap_span = self._cap_calls / rate * (1 + CAP_MARGIN) if rate is not None else 0.0
+        self._cap_sent: deque[float] = deque()
+        self._burst = burst
         self._clock = clock
         self._sleep = sleep
+        self._event = event
         self._on_event = on_event
         # Pacing schedule: ticket k may go at _anchor_time + (k - _anchor_ticket) / rate.
         self._issued = 0
         self._anchor_ticket = 0.0
         self._anchor_time = -math.inf
         self._paused_until = -math.inf
+        self._pauses = 0
+        self._paused_s = 0.0
+        self._pacer_bound_at = -math.inf
+        # Window.
+        self._admitted = 0  # holding a window slot: waiting for the pacer or on the wire
+        self._in_flight = 0  # sent, not answered
+        self._in_flight_max = 0
+        self._waiters: deque[_Event] = deque()
+        self._delay_window = max_in_flight
+        self._window = self._min_window
         # Measurements.
         self._started: float | None = None
-        self._measure_from = -math.inf
-        self._sent: deque[float] = deque()
-        self._succeeded: deque[float] = deque()
-        self._rtt: float | None = None
-        # AIMD state.
+        self._sent: deque[float] = deque()  # send times over the last few seconds
+        self._pending: dict[float, int] = {}  # send time -> calls in flight sent then
+        self._pending_order: deque[float] = deque()
+        self._srtt: float | None = None
+        self._answers: deque[tuple[float, float, bool]] = deque()  # (answered, sent, accepted)
+        self._rounds: deque[_Round] = deque()  # by send time, oldest first
+        self._medians: deque[tuple[float, float]] = deque()  # (time, round median)
+        self._deliveries: deque[tuple[float, float]] = deque()  # (time, answers/s) at rounds
+        self._base: float | None = None
+        self._base_probe_due = math.inf
+        self._queueing = False
+        self._faulty_until = -math.inf
+        # Rate regime.
+        self._phase = "startup"
+        self._last_growth: float | None = None
+        self._epoch = -math.inf  # calls sent before this were sent at an older rate
+        self._episode: _Episode | None = None
         self._ceiling: float | None = None
-        self._last_cut = -math.inf
-        self._last_limited = -math.inf
-        self._last_growth = -math.inf
-        self._cuts = 0
+        self._last_refusal: float | None = None  # send time of the last episode's last 302
+        self._cruise_rate: float | None = None
+        self._hold_until = -math.inf
+        self._doublings = 0
+        self._probe_t = 0.0
+        self._probe_started = -math.inf
+        self._growth = 0.0  # the start's growth, per second, when it last grew
+        # Record.
         self._rate_limited = 0
+        self._faults = 0
+        self._cuts = 0
+        self._cut_reasons: dict[str, int] = {}
+        self._last_cuts: deque[dict[str, Any]] = deque(maxlen=LAST_CUTS)
+        self._update_window(self._clock())
+
+    # --- what others read ----------------------------------------------------------------
 
     @property
     def rate(self) -> float | None:
-        """Current rate in requests/s (None: uncapped and never limited yet)."""
+        """Current pacing rate in requests/s."""
         return self._rate
+
+    @property
+    def window(self) -> int:
+        """The in-flight limit: calls admitted and not yet answered, at most."""
+        return self._window
+
+    @property
+    def in_flight(self) -> int:
+        """Calls sent and not yet answered."""
+        return self._in_flight
+
+    @property
+    def round_trip(self) -> float | None:
+        """Smoothed round trip of answers, in seconds (None before the first)."""
+        return self._srtt
 
     @property
     def paused_until(self) -> float:
         """Clock time before which no call starts (in the past when not paused)."""
         return self._paused_until
 
-    async def acquire(self) -> float:
-        """Wait for the shared pause to end and for this caller's turn; return the send time.
+    def snapshot(self) -> dict[str, Any]:
+        """Figures for the run summary (small: counts and the last few cuts)."""
+        return {
+            "rate": _rounded(self._rate),
+            "user_rate": self._user_rate,
+            "in_flight_limit": self._window,
+            "max_in_flight": self._max_in_flight,
+            "in_flight_max": self._in_flight_max,
+            "round_trip_s": _rounded(self._srtt),
+            "base_round_trip_s": _rounded(self._base),
+            "ceiling_estimate": _rounded(self._ceiling),
+            "phase": self._phase,
+            "cuts": self._cuts,
+            "cuts_by_reason": dict(sorted(self._cut_reasons.items())),
+            "last_cuts": list(self._last_cuts),
+            "rate_limited": self._rate_limited,
+            "faults": self._faults,
+            "pauses": self._pauses,
+            "paused_s": round(self._paused_s, 3),
+        }
 
-        Pass the returned time (on this controller's clock) back as ``sent_at``.
+    # --- the calls -----------------------------------------------------------------------
+
+    async def acquire(self) -> float:
+        """Wait for a window slot, the shared pause and this caller's pacing turn.
+
+        Returns the send time (on this controller's clock): pass it back as ``sent_at``.
         """
+        if self._admitted >= self._window or self._waiters:
+            gate = self._event()
+            self._waiters.append(gate)
+            try:
+                await gate.wait()  # the releaser admitted this caller before waking it
+            except BaseException:
+                if gate in self._waiters:
+                    self._waiters.remove(gate)
+                else:
+                    self._unadmit()
+                raise
+        else:
+            self._admitted += 1
+        try:
+            sent_at = await self._pace()
+        except BaseException:
+            self._unadmit()
+            raise
+        if self._started is None:
+            self._started = sent_at
+        self._sent.append(sent_at)
+        self._trim_sent(sent_at)
+        if sent_at in self._pending:
+            self._pending[sent_at] += 1
+        else:
+            self._pending[sent_at] = 1
+            self._pending_order.append(sent_at)
+        self._in_flight += 1
+        if self._in_flight > self._in_flight_max:
+            self._in_flight_max = self._in_flight
+        rounds = self._rounds
+        if not rounds or sent_at >= rounds[-1].end:
+            self._start_round(sent_at)
+        current = rounds[-1]
+        if self._admitted > current.admitted_max:
+            current.admitted_max = self._admitted
+        return sent_at
+
+    def on_success(self, *, sent_at: float | None = None, fault: bool = False) -> None:
+        """An answer other than 302: the server accepted the call at this rate.
+
+        ``fault``: the answer is a transient failure (301, 500, 503): still the rate accepted
+        and a round trip measured, but a round with mostly such answers stops growth.
+        """
+        now = self._clock()
+        self._release(sent_at)
+        if fault:
+            self._faults += 1
+        if sent_at is not None and sent_at <= now:
+            rtt = now - sent_at
+            self._srtt = (
+                rtt if self._srtt is None else self._srtt + RTT_SMOOTHING * (rtt - self._srtt)
+            )
+            self._round_of(sent_at, rtt, fault)
+            self._record_answer(now, sent_at, True)
+        self._after_answer(now)
+
+    def on_rate_limited(self, retry_after: float | None, *, sent_at: float | None = None) -> None:
+        """A 302: cut once per overload (not per 302), measure, and pause if told to.
+
+        ``retry_after`` is the server's Retry-After in seconds, if it sent one.
+        """
+        now = self._clock()
+        self._release(sent_at)
+        self._rate_limited += 1
+        when = now if sent_at is None or sent_at > now else sent_at
+        self._grow(now)  # credit growth up to now before deciding
+        self._record_answer(now, when, False)
+        episode = self._episode
+        if when >= self._epoch:
+            if episode is None:
+                self._open_episode(now, when)
+            else:
+                episode.fresh_refused += 1
+                fresh = episode.fresh_ok + episode.fresh_refused
+                if fresh >= 4 and episode.fresh_refused * 2 > fresh:
+                    # More than half of what was sent since the cut is refused: cut again.
+                    self._cut(now, self._rate * CUT, "measure")
+                    episode.cut_at = now
+                    episode.fresh_ok = episode.fresh_refused = 0
+        if retry_after is not None and retry_after > 0:
+            self._pause(now, now + retry_after)
+        self._after_answer(now)
+
+    def on_failed(self, *, sent_at: float | None = None) -> None:
+        """No usable answer (transport fault, timeout, a body without a business code)."""
+        now = self._clock()
+        self._release(sent_at)
+        self._faults += 1
+        if sent_at is not None:
+            self._round_of(sent_at, None, True)
+        self._after_answer(now)
+
+    def _after_answer(self, now: float) -> None:
+        self._complete_rounds(now)
+        self._grow(now)
+        self._maybe_estimate(now)
+        self._update_window(now)
+
+    # --- window --------------------------------------------------------------------------
+
+    def _release(self, sent_at: float | None) -> None:
+        if self._in_flight > 0:
+            self._in_flight -= 1
+        if sent_at is not None:
+            left = self._pending.get(sent_at)
+            if left is not None:
+                if left > 1:
+                    self._pending[sent_at] = left - 1
+                else:
+                    del self._pending[sent_at]
+        self._unadmit()
+
+    def _unadmit(self) -> None:
+        if self._admitted > 0:
+            self._admitted -= 1
+        self._admit_waiters()
+
+    def _admit_waiters(self) -> None:
+        while self._waiters and self._admitted < self._window:
+            self._admitted += 1
+            self._waiters.popleft().set()
+
+    def _oldest_pending(self) -> float | None:
+        order, pending = self._pending_order, self._pending
+        while order and order[0] not in pending:
+            order.popleft()
+        return order[0] if order else None
+
+    def _update_window(self, now: float) -> None:
+        rtt = self._srtt
+        if rtt is None:  # until the first answer the start's pacing alone bounds what is sent
+            self._window = self._max_in_flight
+            self._admit_waiters()
+            return
+        window = min(
+            math.ceil(WINDOW_GAIN * self._rate * rtt) + WINDOW_HEADROOM, self._delay_window
+        )
+        if self._rounds and self._rounds[-1].probe:
+            window = min(window, self._delay_window // 4)  # drain the queue: see the base
+        self._window = max(self._min_window, min(self._max_in_flight, window))
+        self._admit_waiters()
+
+    # --- pacing --------------------------------------------------------------------------
+
+    async def _pace(self) -> float:
         ticket = self._issue()
         while True:
             now = self._clock()
@@ -128,112 +444,31 @@ class RateController:
                 await self._sleep(self._paused_until - now)
                 continue
             slot = self._slot(ticket)
+            if self._cap_calls and len(self._cap_sent) >= self._cap_calls:
+                slot = max(slot, self._cap_sent[0] + self._cap_span)
             if slot <= now:
-                break
+                if self._cap_calls:
+                    self._cap_sent.append(now)
+                    if len(self._cap_sent) > self._cap_calls:
+                        self._cap_sent.popleft()
+                return now
+            self._pacer_bound_at = now
             await self._sleep(min(slot - now, MAX_NAP))
-        sent_at = self._clock()
-        if self._started is None:
-            self._started = sent_at
-        self._sent.append(sent_at)
-        _trim(self._sent, sent_at - self._window())
-        return sent_at
-
-    def on_success(self, *, sent_at: float | None = None) -> None:
-        """Additive increase (only after a 302 lowered the rate; never above the user's rate)."""
-        now = self._clock()
-        self._observe_round_trip(now, sent_at)
-        self._succeeded.append(now)
-        _trim(self._succeeded, now - self._window())
-        # Time spent paused is not time of success.
-        elapsed = min(now - max(self._last_growth, self._paused_until), MAX_GROWTH_STEP)
-        self._last_growth = now
-        rate = self._rate
-        if rate is None or elapsed <= 0:
-            return
-        if now - self._last_limited < self._cut_spacing(rate):
-            return  # 302s are still arriving: the current rate is not yet known to be safe
-        cap = self._user_rate if self._user_rate is not None else math.inf
-        if rate >= cap:
-            return
-        step = max(1.0, 0.02 * rate) * elapsed
-        ceiling = self._ceiling
-        if ceiling is not None and rate < ceiling:
-            rate = max(ceiling - (ceiling - rate) * 0.5**elapsed, rate + step)
-        else:
-            rate += step
-        self._set_rate(min(rate, cap), now)
-
-    def on_rate_limited(self, retry_after: float | None, *, sent_at: float | None = None) -> None:
-        """Multiplicative decrease (once per overload, not per 302) and a pause for everyone.
-
-        ``retry_after`` is the server's Retry-After in seconds, if it sent one; ``sent_at`` is
-        what ``acquire`` returned for the call that was refused.
-        """
-        now = self._clock()
-        self._observe_round_trip(now, sent_at)
-        self._rate_limited += 1
-        self._last_limited = now
-        if self._should_cut(now, sent_at):
-            previous = self._rate
-            self._cut(now)
-            assert self._rate is not None  # set by _cut
-            interval = 1.0 / self._rate
-            if retry_after is None:
-                self._pause(now, now + interval)
-            if self._on_event is not None:
-                self._on_event(
-                    "rate.cut",
-                    {
-                        "rate": _rounded(self._rate),
-                        "previous_rate": _rounded(previous),
-                        "ceiling_estimate": _rounded(self._ceiling),
-                        "cuts": self._cuts,
-                        "pause_s": round(retry_after if retry_after is not None else interval, 3),
-                    },
-                )
-        if retry_after is not None and retry_after > 0:
-            starts = now >= self._paused_until
-            self._pause(now, now + retry_after)
-            # Rates measured across this pause would show the pause, not the server's limit.
-            self._measure_from = self._paused_until
-            if starts and self._on_event is not None:
-                self._on_event(
-                    "rate.pause",
-                    {"pause_s": round(retry_after, 3), "rate": _rounded(self._rate)},
-                )
-
-    def snapshot(self) -> dict[str, float | int | None]:
-        """Figures for the run summary."""
-        return {
-            "rate": _rounded(self._rate),
-            "user_rate": self._user_rate,
-            "ceiling_estimate": _rounded(self._ceiling),
-            "cuts": self._cuts,
-            "rate_limited": self._rate_limited,
-            "round_trip_s": _rounded(self._rtt),
-        }
-
-    # --- pacing schedule ---------------------------------------------------------------------
 
     def _issue(self) -> int:
         ticket = self._issued
         self._issued += 1
-        rate = self._rate
-        if rate is not None:
-            earliest = max(self._clock(), self._paused_until) - (self._burst - 1.0) / rate
-            if self._slot(ticket) < earliest:
-                # Idle: the schedule fell behind; unused slots are not saved up beyond ``burst``.
-                self._anchor_ticket, self._anchor_time = float(ticket), earliest
+        earliest = max(self._clock(), self._paused_until) - (self._burst - 1.0) / self._rate
+        if self._slot(ticket) < earliest:
+            # Idle: the schedule fell behind; unused slots are not saved up beyond ``burst``.
+            self._anchor_ticket, self._anchor_time = float(ticket), earliest
         return ticket
 
     def _slot(self, ticket: int) -> float:
-        if self._rate is None:
-            return -math.inf
         return self._anchor_time + (ticket - self._anchor_ticket) / self._rate
 
     def _position(self, now: float) -> float:
         """The (fractional) ticket whose slot is ``now``, never past the tickets issued."""
-        assert self._rate is not None
         if now <= self._anchor_time:
             return self._anchor_ticket
         return min(
@@ -241,93 +476,348 @@ class RateController:
         )
 
     def _set_rate(self, rate: float, now: float) -> None:
-        if self._rate is None:
-            self._anchor_ticket, self._anchor_time = float(self._issued), now
-        else:
-            self._anchor_ticket = self._position(now)
-            self._anchor_time = max(now, self._anchor_time)
+        rate = max(self._min_rate, min(self._cap, rate))
+        if rate == self._rate:
+            return
+        self._anchor_ticket = self._position(now)
+        self._anchor_time = max(now, self._anchor_time)
         self._rate = rate
 
     def _pause(self, now: float, until: float) -> None:
-        self._paused_until = max(self._paused_until, until)
-        if self._rate is not None:
-            self._anchor_ticket = self._position(now)
-            self._anchor_time = max(self._anchor_time, self._paused_until)
-
-    # --- measurements ------------------------------------------------------------------------
-
-    def _observe_round_trip(self, now: float, sent_at: float | None) -> None:
-        if sent_at is None or sent_at > now:
+        if until <= self._paused_until:
             return
-        sample = now - sent_at
-        if self._rtt is None:
-            self._rtt = sample
+        starts = now >= self._paused_until
+        self._paused_s += until - max(now, self._paused_until)
+        self._paused_until = until
+        self._anchor_ticket = self._position(now)
+        self._anchor_time = max(self._anchor_time, until)
+        # Time paused is no time of cruise, and the server refills while nobody sends: a
+        # measurement stops at the pause.
+        self._hold_until = max(self._hold_until, until + HOLD_MIN)
+        self._last_refusal = None  # the server refills while nobody sends
+        if self._episode is not None:
+            self._episode.until = min(self._episode.until, now)
+        if starts:
+            self._pauses += 1
+            self._emit("rate.pause", {"pause_s": round(until - now, 3), "rate": self._rate})
+
+    # --- measurements --------------------------------------------------------------------
+
+    def _trim_sent(self, now: float) -> None:
+        horizon = now - max(2.0, 2 * (self._srtt or 0.0))
+        sent = self._sent
+        while sent and sent[0] < horizon:
+            sent.popleft()
+
+    def _record_answer(self, now: float, sent_at: float, accepted: bool) -> None:
+        answers = self._answers
+        answers.append((now, sent_at, accepted))
+        horizon = now - max(ANSWER_LOG_S, 4 * (self._srtt or 0.0))
+        while answers[0][0] < horizon:
+            answers.popleft()
+        episode = self._episode
+        if episode is not None and episode.start <= sent_at < episode.until:
+            episode.answers.append((sent_at, accepted))
+            if accepted and sent_at >= episode.cut_at:
+                episode.fresh_ok += 1
+
+    def _send_rate(self, now: float) -> float:
+        """Calls sent per second over the last max(0.5 s, round trip) of unpaused time."""
+        span = max(0.5, self._srtt or 0.0)
+        start = max(now - span, self._started if self._started is not None else now)
+        start = max(start, min(self._paused_until, now))
+        if now - start < 0.05:
+            return self._rate
+        count = 0
+        for t in reversed(self._sent):
+            if t < start:
+                break
+            count += 1
+        return count / (now - start)
+
+    def _start_round(self, sent_at: float) -> None:
+        length = max(ROUND_SAMPLES / self._rate, 0.05, 0.25 * (self._srtt or 0.0))
+        probe = self._delay_window < self._max_in_flight and sent_at >= self._base_probe_due
+        if probe:
+            self._base_probe_due = sent_at + BASE_WINDOW
+        self._rounds.append(_Round(sent_at, sent_at + length, probe=probe))
+
+    def _round_of(self, sent_at: float, rtt: float | None, fault: bool) -> None:
+        for round_ in reversed(self._rounds):
+            if round_.start <= sent_at:
+                if sent_at < round_.end:
+                    round_.faults += fault
+                    round_.answers += 1
+                    if rtt is not None:
+                        round_.samples.append(rtt)
+                return
+
+    def _complete_rounds(self, now: float) -> None:
+        rounds = self._rounds
+        while len(rounds) > 1 or (rounds and now >= rounds[0].end):
+            first = rounds[0]
+            oldest = self._oldest_pending()
+            straggling = now - first.end > 4 * (self._srtt or 0.0) + 1.0
+            if oldest is not None and oldest < first.end and not straggling:
+                return
+            rounds.popleft()
+            self._end_round(now, first)
+
+    def _end_round(self, now: float, round_: _Round) -> None:
+        samples = round_.samples
+        if round_.answers and round_.faults > FAULT_FREEZE * round_.answers:
+            self._faulty_until = now + max(1.0, self._srtt or 0.0)
+        if len(samples) < ROUND_SAMPLES // 2:
+            return  # too few to say anything (an idle spell, a pause)
+        samples.sort()
+        median = samples[len(samples) // 2]
+        medians = self._medians
+        while medians and medians[0][0] < now - BASE_WINDOW:
+            medians.popleft()
+        if round_.probe:
+            medians.clear()  # the fresh base, measured with the queue drained
+        medians.append((now, median))
+        self._base = base = min(m for _, m in medians)
+        deliveries = self._deliveries
+        deliveries.append((now, self._delivery_rate(now)))
+        while deliveries[0][0] < now - DELIVERY_WINDOW:
+            deliveries.popleft()
+        if round_.probe or self._phase != "startup":
+            return  # a 302 has shown the limit: the window follows the rate
+        used = max(round_.admitted_max, 1)
+        gradient = DELAY_TARGET * base / median
+        queueing, self._queueing = self._queueing, gradient < 1.0
+        if gradient < 1.0 and queueing:  # two rounds in a row: not one noisy median
+            # Queueing: keep in flight what the server delivers over the base round trip, with
+            # the target's margin (BBR: cwnd from bandwidth x min RTT).  The delivery is the
+            # most seen over a window longer than the base's, so a server that merely got
+            # slower (latency up, delivery down by as much) is not read as a queue and starved.
+            delivered = max(rate for _, rate in deliveries)
+            window = max(self._min_window, min(used, math.ceil(DELAY_TARGET * delivered * base)))
+            if window < self._delay_window:
+                if window < 0.9 * self._window:
+                    self._record_cut(now, "latency", self._rate, self._rate, window)
+                self._delay_window = window
+                self._set_rate(min(self._rate, 1.5 * delivered), now)
+                if self._base_probe_due == math.inf:
+                    self._base_probe_due = now + BASE_WINDOW
+        elif used >= 0.9 * self._window and self._delay_window < self._max_in_flight:
+            grown = math.ceil(used * min(DELAY_GROWTH, gradient))
+            self._delay_window = min(self._max_in_flight, max(self._delay_window, grown))
+
+    def _delivery_rate(self, now: float) -> float:
+        """Answers per second over the last max(0.5 s, round trip)."""
+        span = max(0.5, self._srtt or 0.0)
+        count = 0
+        for answered, _, _ in reversed(self._answers):
+            if answered < now - span:
+                break
+            count += 1
+        return count / span
+
+    # --- rate ----------------------------------------------------------------------------
+
+    def _grow(self, now: float) -> None:
+        """Startup growth or the probe's ramp, for the time the pacer has bound since last."""
+        last, self._last_growth = self._last_growth, now
+        if last is None or self._srtt is None:
+            return
+        elapsed = min(now - max(last, self._paused_until), MAX_GROWTH_STEP)
+        # Growth only while the pacer is what holds calls back: not the window, not the ids.
+        bound = now - self._pacer_bound_at <= max(0.25, self._srtt)
+        bound = bound and self._in_flight < 0.9 * self._window
+        if elapsed <= 0 or not bound or now < self._faulty_until or self._rate >= self._cap:
+            return
+        if self._phase == "cruise":
+            if now >= self._hold_until:
+                self._phase = "probe"
+                self._probe_t = 0.0
+                self._probe_started = now
+            return
+        if self._phase == "startup":
+            self._growth = _startup_growth(self._rate / START_RATE, self._srtt)
+            self._set_rate(self._rate * math.exp(self._growth * elapsed), now)
+        elif self._phase == "probe":
+            assert self._cruise_rate is not None
+            self._probe_t += elapsed
+            unit = max(PROBE_UNIT_MIN, PROBE_UNIT_ROUNDS * self._srtt)
+            target = self._cruise_rate * (1 + PROBE_GAIN * (self._probe_t / unit) ** 3)
+            self._set_rate(max(self._rate, target), now)
+
+    def _open_episode(self, now: float, sent_at: float) -> None:
+        sent = min(self._rate, self._send_rate(now))
+        phase = self._phase
+        ceiling = self._ceiling
+        if phase == "probe" and ceiling is not None and sent <= 2 * ceiling:
+            # A probe past the known ceiling: back to the cruise rate, known to be accepted (the
+            # server's burst let the probe run on; what it accepted since the last refusal
+            # measures the limit, see _maybe_estimate).
+            new = max(self._cruise_rate or 0.0, min(ceiling, PROBE_CUT * sent))
+        elif phase == "startup":
+            new = sent * _startup_cut(self._growth, self._srtt or 0.0)
         else:
-            self._rtt += RTT_SMOOTHING * (sample - self._rtt)
+            new = CUT * sent
+        episode = _Episode(start=sent_at, send_rate=sent, cut_at=now, probe=phase == "probe")
+        episode.answers = [(s, ok) for _, s, ok in self._answers if s >= sent_at]
+        self._episode = episode
+        self._phase = "measure"
+        self._cut(now, new, phase)
 
-    def _window(self) -> float:
-        return max(RATE_WINDOW, self._rtt or 0.0)
+    def _cut(self, now: float, rate: float, reason: str) -> None:
+        previous = self._rate
+        self._set_rate(rate, now)
+        self._epoch = now
+        self._record_cut(now, reason, previous, self._rate, None)
 
-    def _measured(self, now: float) -> tuple[float | None, float | None]:
-        """Send and accepted rates over the last window of unpaused time (None: unknown)."""
-        if self._started is None:
-            return None, None
-        history = now - max(self._started, self._measure_from)
-        span = min(self._window(), history)
-        if span <= 0:
-            return None, None
-        _trim(self._sent, now - span)
-        _trim(self._succeeded, now - span)
-        sent = len(self._sent) / span if self._sent else None
-        # Until a round trip has passed, the answers to what was sent have not come back.
-        fair = self._succeeded and history >= MIN_CUT_SPACING + (self._rtt or 0.0)
-        accepted = len(self._succeeded) / span if fair else None
-        return sent, accepted
-
-    # --- decrease ----------------------------------------------------------------------------
-
-    def _should_cut(self, now: float, sent_at: float | None) -> bool:
-        rate = self._rate
-        if rate is None or self._cuts == 0:
-            return True
-        if sent_at is not None:
-            if sent_at < self._last_cut:
-                return False  # sent at the old rate: already answered by the last cut
-            spacing = self._burst / rate
-        else:
-            spacing = self._cut_spacing(rate)
-        if now - self._last_cut < spacing:
-            return False
-        # Below what the server has just accepted, the 302 is the server's memory of an
-        # earlier overload (a sliding window), not a verdict on the current rate.
-        _, accepted = self._measured(now)
-        return accepted is None or rate >= accepted
-
-    def _cut_spacing(self, rate: float) -> float:
-        return max(MIN_CUT_SPACING, self._burst / rate)
-
-    def _cut(self, now: float) -> None:
-        limited_at = self._rate if self._rate is not None else math.inf
-        for measured in self._measured(now):
-            if measured is not None:
-                limited_at = min(limited_at, measured)
-        if math.isinf(limited_at):
-            # Uncapped and nothing measured yet: start from a modest default.
-            self._ceiling = None
-            new_rate = DEFAULT_START_RATE
-        else:
-            confirmed = self._ceiling is not None and limited_at >= CONFIRM_BAND * self._ceiling
-            self._ceiling = limited_at
-            new_rate = (GENTLE_FACTOR if confirmed else DECREASE_FACTOR) * limited_at
-        self._set_rate(max(self._min_rate, new_rate), now)
+    def _record_cut(
+        self, now: float, reason: str, previous: float, rate: float, window: int | None
+    ) -> None:
         self._cuts += 1
-        self._last_cut = now
-        self._last_growth = now
+        self._cut_reasons[reason] = self._cut_reasons.get(reason, 0) + 1
+        start = self._started if self._started is not None else now
+        limit = window if window is not None else self._window
+        self._last_cuts.append(
+            {
+                "at_s": round(now - start, 3),
+                "reason": reason,
+                "rate": _rounded(rate),
+                "previous_rate": _rounded(previous),
+                "in_flight_limit": limit,
+            }
+        )
+        self._emit(
+            "rate.cut",
+            {
+                "reason": reason,
+                "rate": _rounded(rate),
+                "previous_rate": _rounded(previous),
+                "ceiling_estimate": _rounded(self._ceiling),
+                "in_flight_limit": limit,
+                "cuts": self._cuts,
+            },
+        )
+
+    def _maybe_estimate(self, now: float) -> None:
+        """Close the episode once every call sent before its last cut has been answered."""
+        episode = self._episode
+        if episode is None or now < episode.next_check:
+            return
+        episode.next_check = now + max(0.02, (self._srtt or 0.0) / 8)
+        oldest = self._oldest_pending()
+        frontier = now if oldest is None else oldest  # every call sent before it is answered
+        needed = min(episode.until, max(episode.cut_at, episode.start + MEASURE_SPAN))
+        if frontier < needed:
+            return
+        frontier = min(frontier, episode.until)
+        answers = sorted(a for a in episode.answers if a[0] < frontier)
+        last = episode.start
+        for sent, ok in answers:
+            if not ok:
+                last = sent
+        accepted = sum(1 for sent, ok in answers if ok and sent <= last)
+        span = last - episode.start
+        trusted = span >= MEASURE_SPAN and accepted >= MEASURE_ACCEPTS
+        previous = self._ceiling
+        if (
+            not trusted
+            and episode.fresh_refused
+            and episode.until == math.inf
+            and now - episode.cut_at < 2 * max(1.0, self._srtt or 0.0)
+        ):
+            return  # still refused at the current rate: the span is growing
+        self._episode = None
+        pair = self._pair_estimate(episode, previous)
+        self._last_refusal = last if span > 0 or last > episode.start else episode.start
+        if trusted:
+            estimate = accepted / span
+        elif pair is not None:
+            estimate = pair
+            trusted = True
+        elif span > 0 and accepted > 0:
+            # Rough: between what is sent now and what was refused.
+            estimate = min(max(accepted / span, self._rate), episode.send_rate)
+        else:
+            estimate = max(self._rate, min(episode.send_rate, self._rate / CUT))
+        confirmed = previous is not None and abs(estimate / previous - 1) <= CONFIRM_BAND
+        self._doublings = min(self._doublings + 1, HOLD_DOUBLINGS) if confirmed else 0
+        self._ceiling = estimate
+        self._cruise_rate = max(self._min_rate, min(self._cap, CRUISE_GAIN * estimate))
+        self._set_rate(self._cruise_rate, now)
+        # The server's bucket is empty after a measurement: a call or two at the new rate may
+        # still be refused; that says nothing about the rate.
+        self._epoch = now + max(0.25, 4 / self._rate)
+        self._phase = "cruise"
+        hold = max(HOLD_MIN, HOLD_ROUNDS * (self._srtt or 0.0))
+        steady = trusted or confirmed
+        self._hold_until = now + (hold * 2**self._doublings if steady else HOLD_MIN)
+
+    def _pair_estimate(self, episode: _Episode, previous: float | None) -> float | None:
+        """A probe's 302 measured from the previous episode's last one.
+
+        The server refused at both, so what it accepted in between, over that time, is its limit:
+        exactly, for a token bucket the cruise between them never filled.  A window limiter
+        carries no unused capacity over, so there this counts only what was sent, below the
+        limit: the accepted rate since the probe began, which over-counts by what was left
+        unused, bounds it from above.  Within 5% the pair is the estimate, else their midpoint
+        (a window's estimate then closes in probe by probe).  Only near the known ceiling, with
+        a gap of at most ``PAIR_SPAN_MAX``, and nothing paused since.
+        """
+        since = self._last_refusal
+        if not episode.probe or previous is None or since is None:
+            return None
+        end = episode.start
+        gap = end - since
+        if not MEASURE_SPAN <= gap <= PAIR_SPAN_MAX or episode.send_rate > 2 * previous:
+            return None
+        probe_from = max(self._probe_started, since)
+        accepted = probed = 0
+        for _, sent, ok in self._answers:
+            if ok and since < sent <= end:
+                accepted += 1
+                probed += sent > probe_from
+        if accepted < MEASURE_ACCEPTS:
+            return None
+        pair = accepted / gap
+        upper = probed / (end - probe_from) if end - probe_from >= MEASURE_SPAN else pair
+        estimate = pair if upper <= 1.05 * pair else (pair + upper) / 2
+        return estimate if 0.5 * previous <= estimate <= episode.send_rate else None
+
+    def _emit(self, event: str, fields: dict[str, Any]) -> None:
+        if self._on_event is not None:
+            self._on_event(event, fields)
 
 
-def _trim(times: deque[float], older_than: float) -> None:
-    while times and times[0] < older_than:
-        times.popleft()
+def _startup_growth(grown: float, rtt: float) -> float:
+    """The start's growth per second, having grown ``grown`` times, at this round trip.
+
+    x1.15 per round trip; from twice the start on, +0.1 per doubling up to x1.5 (the further the
+    rate has grown without a 302, the further the limit may be), but that part never faster
+    than x1.5 per second (a server's burst hides its limit for about a second, whatever the
+    round trip).  Past a one-second round trip, slower by sqrt(1 s / round trip): a 302 then
+    comes back long after the burst ran out, and every second of growth past the limit until
+    then is paid in refusals.
+    """
+    rtt = max(rtt, GROWTH_RTT_FLOOR)
+    base = math.log(START_GROWTH) / rtt
+    faster = START_GROWTH + 0.1 * max(0.0, math.log2(max(grown, 1.0)) - 1)
+    accelerated = min(math.log(min(faster, MAX_GROWTH)) / rtt, math.log(MAX_GROWTH))
+    return max(base, accelerated) * min(1.0, math.sqrt(1.0 / rtt))
+
+
+def _startup_cut(growth: float, rtt: float) -> float:
+    """How far to cut what the start was sending when its first 302 came back.
+
+    A server that allows a second's burst refuses nothing until the growth has sent a second's
+    worth over its limit: at ``growth`` per second that takes the rate x e^x past the limit,
+    where e^x - 1 - x = growth x 1 s, and the 302 comes back a round trip later, when the rate
+    is e^(growth x rtt) further.  Cut to 95% of the limit that implies, between x0.25 and x0.8.
+    """
+    target = growth * STARTUP_BURST_S
+    x = math.sqrt(2 * target)  # e^x - 1 - x = target, by Newton's method from x ~ sqrt(2t)
+    for _ in range(8):
+        x -= (math.exp(x) - 1 - x - target) / (math.exp(x) - 1 or 1.0)
+    overshoot = math.exp(max(x, 0.0) + growth * rtt)
+    return min(STARTUP_CUT_MAX, max(STARTUP_CUT_MIN, 0.95 / overshoot))
 
 
 def _rounded(value: float | None) -> float | None:

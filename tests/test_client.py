@@ -52,15 +52,22 @@ class SpyLimiter(RateController):
         super().__init__(None)
         self.acquired = 0
         self.successes = 0
+        self.faults = 0  # successes that were transient failures (301, 500, 503)
+        self.failed = 0  # calls with no usable answer
         self.limited: list[tuple[float | None, float | None]] = []
 
     async def acquire(self) -> float:
         self.acquired += 1
         return await super().acquire()
 
-    def on_success(self, *, sent_at: float | None = None) -> None:
+    def on_success(self, *, sent_at: float | None = None, fault: bool = False) -> None:
         self.successes += 1
-        super().on_success(sent_at=sent_at)
+        self.faults += fault
+        super().on_success(sent_at=sent_at, fault=fault)
+
+    def on_failed(self, *, sent_at: float | None = None) -> None:
+        self.failed += 1
+        super().on_failed(sent_at=sent_at)
 
     def on_rate_limited(self, retry_after: float | None, *, sent_at: float | None = None) -> None:
         self.limited.append((retry_after, sent_at))
@@ -358,6 +365,27 @@ async def test_result_success_false_is_unavailable_with_the_results_message() ->
 
 
 # --- 302 -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("handler", "told"),
+    [
+        (reply(envelope(0, data=profile_data())), (1, 0, 0, 0)),
+        (reply(envelope(500, data=None)), (1, 1, 0, 0)),  # an answer, and a fault
+        (reply(envelope(404, data=None)), (1, 0, 0, 0)),
+        (reply(envelope(302, data=None)), (0, 0, 0, 1)),
+        (reply(b"<html>bad gateway</html>", status=502), (0, 0, 1, 0)),  # no usable answer
+        (reply(envelope(None)), (0, 0, 1, 0)),  # JSON without a business code
+        (raising(httpx.ConnectError, "refused"), (0, 0, 1, 0)),
+    ],
+)
+async def test_every_call_tells_the_limiter_exactly_once_so_its_window_slot_is_freed(
+    handler: Handler, told: tuple[int, int, int, int]
+) -> None:
+    _, outcome = await run_fetch(handler)
+    limiter = outcome.limiter
+    assert (limiter.successes, limiter.faults, limiter.failed, len(limiter.limited)) == told
+    assert limiter.acquired == 1 and limiter.in_flight == 0
 
 
 async def test_302_tells_the_limiter_and_raises_rate_limited_without_retry_after() -> None:
