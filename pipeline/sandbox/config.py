@@ -260,7 +260,8 @@ class SandboxStats:
 
     ``max_in_flight``: the most requests the server held at once; ``max_calls_per_second``: the
     most API requests that arrived within any one second (a sliding window); ``latency_median_s``
-    and ``latency_p90_s``: of the latencies it applied (to the millisecond), None before any.
+    and ``latency_p90_s``: of the latencies it applied (to the millisecond), None before any;
+    ``in_flight`` and ``age_s``: the requests held and the server's age at the snapshot.
     """
 
     calls: int
@@ -271,6 +272,8 @@ class SandboxStats:
     max_calls_per_second: int = 0
     latency_median_s: float | None = None
     latency_p90_s: float | None = None
+    in_flight: int = 0  # requests held now
+    age_s: float = 0.0  # seconds since the server started (the clock of ``rate_schedule``)
 
     @property
     def successes(self) -> int:
@@ -292,4 +295,6 @@ class SandboxStats:
             int(raw.get("max_calls_per_second", 0)),
             raw.get("latency_median_s"),
             raw.get("latency_p90_s"),
+            int(raw.get("in_flight", 0)),
+            float(raw.get("age_s", 0.0)),
         )

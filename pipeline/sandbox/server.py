@@ -248,6 +248,8 @@ class _ServerState:
             max_calls_per_second=self.max_per_second,
             latency_median_s=self._latency_quantile(0.5),
             latency_p90_s=self._latency_quantile(0.9),
+            in_flight=self.in_flight,
+            age_s=round(time.monotonic() - self.born, 3),
         )
 
     def _latency_quantile(self, share: float) -> float | None:
