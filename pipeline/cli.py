@@ -198,16 +198,18 @@ def cli() -> None:
 )
 @click.option(
     "--concurrency",
-    type=click.IntRange(min=1, max=256),
-    default=16,
+    "--max-concurrency",
+    "concurrency",
+    type=click.IntRange(min=1, max=1024),
+    default=512,
     show_default=True,
-    help="Calls in flight at once.",
+    help="At most this many calls in flight; the controller finds how many pay off below it.",
 )
 @click.option(
     "--rate",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="At most this many requests per second (302s lower it further).",
+    help="At most this many requests per second; the controller finds the rate below it.",
 )
 @click.option(
     "--max-attempts",

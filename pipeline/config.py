@@ -86,8 +86,9 @@ class RunConfig:
     snapshot_date: dt.date = dataclasses.field(
         default_factory=lambda: dt.datetime.now(dt.UTC).date()
     )
-    concurrency: int = 16
-    rate: float | None = None  # requests per second across all workers; None: no cap given
+    # Caps, never targets: the rate controller finds the rate and the calls in flight below them.
+    concurrency: int = 512  # calls in flight, at most
+    rate: float | None = None  # requests per second across all workers, at most; None: no cap
     max_attempts: int = 5
     backoff_base: float = DEFAULT_BACKOFF_BASE  # seconds; no CLI option sets these two
     backoff_cap: float = DEFAULT_BACKOFF_CAP

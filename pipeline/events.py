@@ -20,11 +20,12 @@ event              level     fields
                              with ``--debug``: one per call)
 ``id.retry``       info      user_id, code, attempt, retry_in_s, message
 ``id.failed``      warning   user_id, code, attempt, retryable, message
-``rate.cut``       warning   rate, previous_rate, ceiling_estimate, cuts, pause_s
+``rate.cut``       warning   reason (startup, probe, cruise, measure, latency), rate,
+                             previous_rate, ceiling_estimate, in_flight_limit, cuts
 ``rate.pause``     warning   pause_s, rate (a Retry-After pause starts)
 ``progress``       info      done, total, pct, fetched, retrying, failed, retried, rate_limited,
-                             calls, projected_calls, calls_per_s, limiter_rate, eta_s, paused_s,
-                             elapsed_s, final
+                             calls, projected_calls, calls_per_s, limiter_rate, in_flight,
+                             in_flight_limit, round_trip_s, eta_s, paused_s, elapsed_s, final
 ``run.finished``   info      outcome, exit_code, summary (the ``_runs/*.json`` object)
 ``error``          error     message, exit_code (the CLI's last line; traceback with --debug)
 ``log``            any       logger, message (any other record: libraries, warnings)

@@ -1,8 +1,11 @@
-"""The fetch loop: a fixed pool of workers, a not-before heap for retries, one shared limiter.
+"""The fetch loop: a pool of workers, a not-before heap for retries, one shared controller.
 
 Rules:
-1. At most ``concurrency`` calls are in flight.  An id waiting out its back-off sits in a heap,
-   not in a worker, so retries never hold up other ids.
+1. At most ``concurrency`` calls are in flight (the pool's size, the user's cap), and no more
+   than the controller's window allows: an id is handed to a worker only while fewer calls than
+   ``limiter.window`` are under way, so ids never queue up inside the controller (a stop, or a
+   retry that comes due, does not wait behind hundreds of ids already handed out).  An id
+   waiting out its back-off sits in a heap, not in a worker, so retries never hold up other ids.
 2. Every call goes through ``ProfileClient.fetch``, which takes its turn from the shared rate
    controller first: first attempts and retries alike.
 3. Outcomes are recorded in the ledger (the SQLite state) the moment they arrive; a success is
@@ -30,7 +33,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from pipeline.client import ProfileClient
 from pipeline.config import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
@@ -43,7 +46,10 @@ from pipeline.errors import (
     TransientError,
     WrongUserError,
 )
+from pipeline.ratelimit import RateController
 from pipeline.records import CallTrace, FetchedProfile, Tally
+
+WINDOW_RECHECK_S: Final = 0.25  # s between looks at the controller's window while it binds
 
 
 def backoff_delay(
@@ -106,7 +112,7 @@ class Fetcher:
         max_calls: int | None = None,
         on_success: Callable[[], None] = lambda: None,
         on_progress: Callable[[Tally], None] = lambda _t: None,
-        rate: Callable[[], float | None] = lambda: None,
+        limiter: RateController | None = None,
         backoff: Callable[[int], float] = backoff_delay,
         clock: Callable[[], float] = time.monotonic,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
@@ -119,7 +125,7 @@ class Fetcher:
         self._max_calls = max_calls
         self._on_success = on_success
         self._on_progress = on_progress
-        self._rate = rate
+        self._limiter = limiter
         self._backoff = backoff
         self._clock = clock
         self._on_event = on_event
@@ -133,10 +139,16 @@ class Fetcher:
         self._wake = asyncio.Event()
 
     def current_tally(self) -> Tally:
-        """The live counts, with the limiter's rate and the retry backlog as of now."""
-        self._tally.rate = self._rate()
-        self._tally.retrying = len(self._heap)
-        return self._tally
+        """The live counts, with the controller's figures and the retry backlog as of now."""
+        tally = self._tally
+        tally.retrying = len(self._heap)
+        limiter = self._limiter
+        if limiter is not None:
+            tally.rate = limiter.rate
+            tally.window = min(self._concurrency, limiter.window)
+            tally.in_flight = limiter.in_flight
+            tally.round_trip_s = limiter.round_trip
+        return tally
 
     def request_stop(self) -> None:
         """Stop dispatching (SIGINT/SIGTERM); calls in flight still finish and are recorded."""
@@ -168,6 +180,13 @@ class Fetcher:
         try:
             fresh: Iterator[PendingLike] | None = pending
             while not self._stopping():
+                if in_flight >= self._window():
+                    # A call finishing (or a stop) wakes the loop; the window may also grow
+                    # with time alone (before the first answer), hence the re-check.
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), WINDOW_RECHECK_S)
+                    continue
                 item = self._next_due()
                 if item is None and fresh is not None:
                     nxt = next(fresh, None)
@@ -198,6 +217,10 @@ class Fetcher:
                 "rerun the same command to go on"
             )
         return FetchOutcome(self._tally, self._stop, self._interrupted)
+
+    def _window(self) -> int:
+        limiter = self._limiter
+        return self._concurrency if limiter is None else min(self._concurrency, limiter.window)
 
     def _stopping(self) -> bool:
         return self._stop is not None or self._interrupted or self._fatal is not None

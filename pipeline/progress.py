@@ -3,7 +3,8 @@ and, at the end, a summary rendered from the ``RunReport``.
 
 A nightly job's stderr goes to a log file, where a redrawn bar is noise; a person at a terminal
 wants the bar.  Both are built from the same ``Figures`` (one ``Meter`` over the fetch loop's
-``Tally`` and the rate controller's read-only ``rate`` and ``paused_until``).
+``Tally``, which carries the rate controller's in-flight window and round trip, and the
+controller's read-only ``rate`` and ``paused_until``).
 
 Rules:
 1. ``--progress auto`` draws the bar only where rich would redraw one (``is_interactive``): a
@@ -132,6 +133,9 @@ class Figures:
     limiter_rate: float | None
     eta_s: float | None  # None: nothing to estimate from yet
     paused_s: float  # what is left of the limiter's pause
+    in_flight: int = 0  # calls sent and not yet answered
+    in_flight_limit: int | None = None  # the controller's window (None: not known)
+    round_trip_s: float | None = None  # the controller's smoothed round trip
 
     @property
     def pct(self) -> float:
@@ -158,6 +162,9 @@ class Figures:
             "projected_calls": self.projected_calls,
             "calls_per_s": _round(self.calls_per_s, 1),
             "limiter_rate": _round(self.limiter_rate, 3),
+            "in_flight": self.in_flight,
+            "in_flight_limit": self.in_flight_limit,
+            "round_trip_s": _round(self.round_trip_s, 3),
             "eta_s": _round(self.eta_s, 1),
             "paused_s": round(self.paused_s, 1),
             "elapsed_s": round(self.elapsed_s, 1),
@@ -234,6 +241,9 @@ class Meter:
             limiter_rate=limiter_rate,
             eta_s=eta,
             paused_s=paused,
+            in_flight=tally.in_flight,
+            in_flight_limit=tally.window,
+            round_trip_s=tally.round_trip_s,
         )
 
 
@@ -265,9 +275,16 @@ def counts_text(f: Figures) -> str:
 
 
 def speed_text(f: Figures) -> str:
+    """``13.0 calls/s, limiter 10.0/s``, then the window and round trip when known:
+    ``, in flight 5/24, rtt 0.10 s``."""
     calls = "-- calls/s" if f.calls_per_s is None else f"{f.calls_per_s:,.1f} calls/s"
     limiter = "no limit" if f.limiter_rate is None else f"{f.limiter_rate:,.1f}/s"
-    return f"{calls}, limiter {limiter}"
+    window = ""
+    if f.in_flight_limit is not None:
+        window = f", in flight {f.in_flight:,}/{f.in_flight_limit:,}"
+    if f.round_trip_s is not None:
+        window += f", rtt {f.round_trip_s:.2f} s"
+    return f"{calls}, limiter {limiter}{window}"
 
 
 def cost_text(f: Figures) -> str:

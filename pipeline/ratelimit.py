@@ -77,6 +77,7 @@ from typing import Any, Final, Protocol
 START_RATE: Final = 16.0  # requests/s before anything is known
 START_GROWTH: Final = 1.15  # per round trip until a 302: the first overshoot is ~15% for ~1 RTT
 MAX_GROWTH: Final = 1.5  # per round trip, however far the start has grown
+STARTUP_PACING_GAIN: Final = 2.0  # the start paces at most at 2x the best delivery (BBR: 2.89)
 GROWTH_RTT_FLOOR: Final = 0.01  # s: growth is never timed on a round trip shorter than this
 MIN_RATE: Final = 0.5  # requests/s (botocore's floor)
 CUT: Final = 0.5  # a 302 while cruising (the limit fell): halve what was sent (TCP)
@@ -245,7 +246,17 @@ class RateController:
 
     @property
     def window(self) -> int:
-        """The in-flight limit: calls admitted and not yet answered, at most."""
+        """The in-flight limit: calls admitted and not yet answered, at most.
+
+        Before the first answer the pacing alone bounds what is sent; what a fetch loop should
+        hand out grows with the time since the first send (2 x rate x that time + headroom), so
+        a stop on the first answers leaves few calls queued for the pacer.
+        """
+        if self._srtt is None:
+            oldest = self._oldest_pending()
+            age = self._clock() - oldest if oldest is not None else 0.0
+            grown = math.ceil(WINDOW_GAIN * self._rate * age) + WINDOW_HEADROOM
+            return max(self._min_window, min(self._max_in_flight, grown))
         return self._window
 
     @property
@@ -636,7 +647,11 @@ class RateController:
             return
         if self._phase == "startup":
             self._growth = _startup_growth(self._rate / START_RATE, self._srtt)
-            self._set_rate(self._rate * math.exp(self._growth * elapsed), now)
+            grown = self._rate * math.exp(self._growth * elapsed)
+            if self._deliveries:  # no faster than twice what the server has delivered
+                best = max(rate for _, rate in self._deliveries)
+                grown = min(grown, max(self._rate, STARTUP_PACING_GAIN * best))
+            self._set_rate(grown, now)
         elif self._phase == "probe":
             assert self._cruise_rate is not None
             self._probe_t += elapsed

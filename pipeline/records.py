@@ -70,6 +70,9 @@ class Tally:
     calls: int = 0
     rate: float | None = None  # the limiter's current requests/s
     retrying: int = 0  # ids waiting out a back-off in the fetch loop's retry heap, now
+    window: int | None = None  # the limiter's in-flight limit
+    in_flight: int = 0  # calls sent and not yet answered
+    round_trip_s: float | None = None  # the limiter's smoothed round trip
 
 
 @dataclass(slots=True)

@@ -191,7 +191,7 @@ class RunReport:
     stopped_by: StopRun | None = None
     interrupted: bool = False
     requests: RequestCounts = RequestCounts()
-    rate_control: Mapping[str, float | int | None] = field(default_factory=dict)
+    rate_control: Mapping[str, Any] = field(default_factory=dict)
     snapshot: SnapshotCounts = SnapshotCounts()
     files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     failures_file: str = ""  # relative to --out

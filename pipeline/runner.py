@@ -110,7 +110,9 @@ def run(
         pending = state.pending_count()
         report = dataclasses.replace(report, requeued_failures=requeued, pending_at_start=pending)
         sink.clear_success(config.out_dir, config.snapshot_date)
-        limiter = RateController(config.rate, on_event=events.emit)
+        limiter = RateController(
+            config.rate, max_in_flight=config.concurrency, on_event=events.emit
+        )
         outcome = FetchOutcome(Tally())
         events.emit("run.started", _started(report, pending))
         progress.start(report, limiter)
@@ -265,7 +267,7 @@ async def _fetch(
             max_calls=config.max_calls,
             on_success=on_success,
             on_progress=progress.update,
-            rate=lambda: limiter.rate,
+            limiter=limiter,
             backoff=functools.partial(
                 backoff_delay, base=config.backoff_base, cap=config.backoff_cap
             ),

@@ -206,7 +206,7 @@ def test_every_stderr_line_of_a_json_run_is_an_event_and_the_last_one_is_the_sum
     run_id = lines[-1]["summary"]["run_id"]
     assert {(line["run_id"], line["dt"]) for line in lines} == {(run_id, SNAPSHOT)}
     started = lines[0]
-    assert (started["ids"], started["out"], started["concurrency"]) == (60, str(out), 16)
+    assert (started["ids"], started["out"], started["concurrency"]) == (60, str(out), 512)
     retry = next(line for line in lines if line["event"] == "id.retry")
     assert (retry["user_id"], retry["code"], retry["attempt"]) == (ids[0], 500, 1)
     failed = next(line for line in lines if line["event"] == "id.failed")
@@ -255,7 +255,8 @@ def test_a_failing_json_run_ends_with_an_error_event_and_never_shows_the_token(
         (
             ["--concurrency", "0"],
             2,
-            "Invalid value for '--concurrency': 0 is not in the range 1<=x<=256. "
+            "Invalid value for '--concurrency' / '--max-concurrency': 0 is not in the range "
+            "1<=x<=1024. "
             "(see xhs-profiles run --help)",
         ),
         (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.fetcher import Fetcher, backoff_delay
+from pipeline.ratelimit import RateController
 from pipeline.records import CallTrace, FetchedProfile
 
 
@@ -306,3 +307,42 @@ async def test_the_tally_counts_the_ids_waiting_in_the_retry_heap() -> None:
     outcome = await fetcher.run(iter(Pending(u) for u in waiting))
     assert max(backlog) == 3  # all three waited out their back-off at once
     assert backlog[-1] == 0 and outcome.tally.retrying == 0
+
+
+# --- the controller's window ---------------------------------------------------------------
+
+
+async def test_ids_are_handed_out_only_while_the_controllers_window_has_room() -> None:
+    """Concurrency is the pool's cap; the controller's window (here 3) binds below it, and no
+    id is taken from the pending ones before a call can start for it."""
+    limiter = RateController(None, max_in_flight=3)  # no answer yet: its window is its cap
+    client, ledger = FakeClient(delay=0.01), FakeLedger()
+    taken: list[str] = []
+
+    def pending() -> Iterator[Pending]:
+        for i in range(30):
+            taken.append(uid(i))
+            yield Pending(uid(i))
+
+    windows: list[int | None] = []
+    fetcher = make(
+        client,
+        ledger,
+        concurrency=10,
+        limiter=limiter,
+        on_progress=lambda tally: windows.append(tally.window),
+    )
+    first_start = asyncio.Event()
+    original = client.fetch
+
+    async def fetch(user_id: str) -> FetchedProfile:
+        if not first_start.is_set():
+            first_start.set()
+            assert len(taken) <= 3 + 1  # the window's worth and the one the loop looks at
+        return await original(user_id)
+
+    client.fetch = fetch  # type: ignore[method-assign]
+    outcome = await fetcher.run(pending())
+    assert outcome.tally.fetched == 30
+    assert client.max_in_flight == 3
+    assert set(windows) == {3}

@@ -418,7 +418,8 @@ def test_concurrency_zero_is_a_one_line_usage_error_before_any_call(
     assert_one_line_error(
         result,
         2,
-        "Invalid value for '--concurrency': 0 is not in the range 1<=x<=256. "
+        "Invalid value for '--concurrency' / '--max-concurrency': 0 is not in the range "
+        "1<=x<=1024. "
         "(see xhs-profiles run --help)",
     )
     assert api.stats().calls == 0 and not out.exists()

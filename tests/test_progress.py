@@ -263,10 +263,12 @@ def test_json_log_lines_are_progress_events_with_the_same_figures() -> None:
         ("progress", {"done": 1, "total": 10, "pct": 10.0, "fetched": 1, "retrying": 0,
                       "failed": 0, "retried": 0, "rate_limited": 0, "calls": 1,
                       "projected_calls": 10, "calls_per_s": 0.5, "limiter_rate": 2.0,
+                      "in_flight": 0, "in_flight_limit": None, "round_trip_s": None,
                       "eta_s": 21.0, "paused_s": 3.0, "elapsed_s": 2.0, "final": False}),
         ("progress", {"done": 1, "total": 10, "pct": 10.0, "fetched": 1, "retrying": 0,
                       "failed": 0, "retried": 0, "rate_limited": 0, "calls": 1,
                       "projected_calls": 10, "calls_per_s": 0.3, "limiter_rate": 2.0,
+                      "in_flight": 0, "in_flight_limit": None, "round_trip_s": None,
                       "eta_s": 29.0, "paused_s": 2.0, "elapsed_s": 3.0, "final": True}),
     ]  # fmt: skip
 
