@@ -13,55 +13,71 @@ code 302 in a 200 body, its limit is not published, and a call takes 50 ms or se
 
 It owns two numbers: the pacing rate R and the window W (calls admitted and not yet answered).
 Throughput is min(R, W / round trip).  The user's ``--rate`` and ``--concurrency`` are caps on
-them, never targets.  Rules (constants below, with why):
+them, never targets.  Rules (the constants below say why each value):
 
-1. Start: R = ``START_RATE`` (16/s, what today's 16 slots send at a one-second round trip), W
-   from R.  Until the first 302 R grows by ``START_GROWTH`` (x1.15) per smoothed round trip, in
-   time (so a 3 s round trip grows slowly and a 2 ms one fast), only while callers actually wait
-   for the pacer (a rate nobody uses proves nothing) and never before the first answer.  A
-   server's burst hides its limit, so the first 302 arrives when the rate is past the limit by
-   about one round trip of growth: a small factor, not a window of wide-open sending.
-2. Window: W = ``WINDOW_GAIN`` x R x round trip + ``WINDOW_HEADROOM`` (BBR's cwnd = 2 x bw x
-   RTT), the round trip being the smoothed one, or before any answer the age of the oldest call
-   in flight; never below ``MIN_WINDOW`` nor above ``max_in_flight``.  Long calls get more
-   slots, short calls fewer, and a limit that drops costs at most one window of 302s.
-3. On the first fresh 302 (sent after the last cut) R is cut to ``CUT`` x the rate calls were
-   actually sent at (a 302 while probing: to ``PROBE_CUT`` x, never below the cruise rate known
-   to be accepted).  Then what the server accepts is measured by send time: between the first
-   and the last refused call of the episode the server's bucket was empty at both ends, so the
-   calls it accepted in between, divided by that span, are its limit (BBR's long-term policer
-   estimate), free of the burst that answer-time rates carry.  The estimate is taken once every
-   call sent before the last cut has been answered and the span holds ``MEASURE_ACCEPTS``
-   accepted calls over at least ``MEASURE_SPAN`` s; a short span gives a rough estimate,
-   trusted for a short hold only.  While measuring, a further cut comes only when more than
-   half of the calls sent since the last cut are refused.
-4. Cruise at ``CRUISE_GAIN`` (0.97) x the estimate, hold for max(``HOLD_MIN`` s,
-   ``HOLD_ROUNDS`` round trips), doubled (up to ``HOLD_DOUBLINGS`` times) when the estimate
-   confirms the previous one within 10%; then probe: R = cruise x (1 + ``PROBE_GAIN`` x
-   (t / unit)^3), t counted while the pacer binds, unit = max(1 s, 2 round trips): +2%, +16%,
-   +54%, x3.5 at 5 units, ... gentle near the ceiling, then fast enough to find a limit that
-   rose eightfold within seconds; scale-free, and slow at long round trips where an overshoot
-   costs more.
-5. Latency (queueing with no rate limit): answers are grouped in rounds of at least
-   ``ROUND_SAMPLES`` answers and one round trip; the base is the lowest round median over
-   ``BASE_WINDOW`` s.  When a round's median passes ``DELAY_TARGET`` x base, the window is cut
-   to the calls admitted x target x base / median (Envoy's gradient, buffer 25%), so growth
-   stops before latency balloons; below the target a window-bound round lets it grow again.
-   While latency binds the window, one round every ``BASE_WINDOW`` s runs at half of it to
-   measure the base afresh (BBR's PROBE_RTT), so a queue the controller keeps never becomes its
-   own baseline.  302s set R; latency never raises R.
-6. ``Retry-After`` pauses every caller for that long (0: no pause, the cut still applies); time
-   paused or idle is never credited to growth or to a measurement span; a 302 for a call sent
-   before the last cut says nothing about the new rate.  Answers that are not 302 (500s of a
-   retry storm included) are the rate accepted; when more than ``FAULT_FREEZE`` of a round's
-   calls fail (301/500/503 or no usable answer) growth stops until a round is healthy again, so
-   a storm's retries, which pass the same pacer and window, never pose as spare capacity.
-7. Caps: R never exceeds the user's rate, W never exceeds ``max_in_flight``; a pacing schedule
-   of tickets (``anchor_time + (k - anchor_ticket) / R``, re-anchored when R changes) spaces
-   calls by at least 1 / R, first come first served.
-8. Visible: ``snapshot`` gives R, W, the round trips, the ceiling estimate, the phase, cuts by
-   reason and the last few cuts; ``on_event`` hears ``rate.cut`` and ``rate.pause``.  Time
-   comes from the injected ``clock`` / ``sleep`` / ``event``, so tests run on a simulated clock.
+1. Start: R = ``START_RATE`` (16/s: what the old default of 16 slots sent at a one-second round
+   trip).  Until the first 302, and only while callers wait for the pacer (a rate nobody uses
+   proves nothing) and an answer has come back, R grows continuously by ``START_GROWTH``
+   (x1.15) per smoothed round trip; once it has doubled, by 0.1 more per doubling up to
+   ``MAX_GROWTH`` (x1.5) per round trip, that extra never faster than x1.5 per second; past a
+   one-second round trip all of it slower by sqrt(1 s / round trip), because a 302 then comes
+   back long after a server's one-second burst ran out and every second of growth past the
+   limit until then is paid in refusals.  R never runs past ``STARTUP_PACING_GAIN`` (2) x the
+   best delivery rate seen (BBR's pacing gain), so with no rate limit it stays meaningful.
+2. Window: W = ``WINDOW_GAIN`` x R x smoothed round trip + ``WINDOW_HEADROOM`` (BBR's
+   cwnd = 2 x bw x RTT), at least ``MIN_WINDOW`` (16, the old default: at zero latency, where
+   the client's own CPU is the queue, fewer calls in flight only lose throughput), at most
+   ``max_in_flight``: long calls get more slots, short ones fewer, and a limit that falls costs
+   at most a window of 302s.  Before the first answer pacing alone bounds the sends, and the
+   window a fetch loop reads grows with the time since the oldest call in flight (2 x R x that
+   time + headroom).
+3. Cuts.  A 302 is fresh if its call was sent after the last cut; one overload gives one cut.
+   The first fresh 302 of the start cuts R to what was being sent times ``_startup_cut``: the
+   overshoot a one-second burst implies at the growth used (x0.25 at 0.1 s, x0.63 at 3.5 s).
+   While cruising (the limit fell), to ``CUT`` (0.5) x what was sent; while probing, back to the
+   known ceiling (at most ``PROBE_CUT`` x what was sent, never below the cruise rate).  While
+   measuring, a further halving only if more than half of what was sent since the last cut is
+   refused.
+4. Measuring what the server accepts, by send time, never by answer time (which carries the
+   server's burst): between the first and the last refused call of an episode its bucket was
+   empty at both ends, so the calls it accepted in between, over that span, are its limit
+   (BBR's long-term policer estimate).  The estimate is taken once every call sent before the
+   last cut has been answered; ``MEASURE_ACCEPTS`` accepted calls over ``MEASURE_SPAN`` s make
+   it trusted.  A probe's short episode is measured from the previous episode's last refusal
+   instead (the bucket was empty there too: exact unless the cruise let it fill); a window
+   limiter carries no unused capacity over, so that pair is checked against the accepted rate
+   since the probe began and, if they differ by more than 5%, their midpoint is taken.
+5. Cruise at ``CRUISE_GAIN`` (0.97) x the estimate for max(``HOLD_MIN`` s, ``HOLD_ROUNDS``
+   round trips) (``HOLD_MIN`` only after a rough estimate), then probe: R = cruise x
+   (1 + ``PROBE_GAIN`` x (t / unit)^3), t counted while the pacer binds, unit = max(1 s, 2 round
+   trips): +1% at half a unit, +10% at one, +80% at two, x8 at 4.1: gentle while the server's
+   refill since the last refusal drains, then fast enough to find a limit that rose eightfold
+   within seconds, and slow at long round trips, where an overshoot costs more.
+6. Latency, with no 302 seen (queueing without a rate limit): answers are grouped in rounds by
+   send time (at least ``ROUND_SAMPLES`` calls and a quarter round trip, complete when all of
+   them are answered, so the short calls that answer first do not bias a round); the base is
+   the lowest round median over ``BASE_WINDOW`` s.  When two rounds in a row have a median over
+   ``DELAY_TARGET`` (1.25) x base, the window becomes target x the best delivery rate over
+   ``DELIVERY_WINDOW`` s x base (BBR's cwnd from bandwidth x min RTT; the delivery window is the
+   longer, so a server that merely got slower is not taken for a queue and starved); a round
+   under the target that filled the window lets it grow by up to ``DELAY_GROWTH``.  While
+   latency binds, one round every ``BASE_WINDOW`` s runs at a quarter of the window to measure
+   the base afresh (BBR's PROBE_RTT), so a queue it keeps never becomes its own baseline.  Once
+   a 302 has shown a limit, the window follows the rate alone.
+7. ``Retry-After`` pauses every caller for that long (0: no pause; the cut still applies); the
+   pause is no time of growth, cruise or measurement.  Answers that are not 302 (the 500s of a
+   retry storm too) are the rate accepted; a round where more than ``FAULT_FREEZE`` of the calls
+   failed (301/500/503, or no usable answer) stops growth until a round is healthy again, so a
+   storm's retries, which pass the same pacer and window, never pose as spare capacity.
+8. Caps: R never exceeds ``--rate``, and no floor(rate) calls go within (1 + ``CAP_MARGIN``) x
+   floor(rate) / rate s of each other, so jitter on the way cannot show the server more than
+   ``--rate`` in any second; W never exceeds ``max_in_flight``.  Pacing is a schedule of
+   tickets (``anchor_time + (k - anchor_ticket) / R``, re-anchored when R changes), first come
+   first served; callers over the window wait in order for a slot.
+9. Visible: ``snapshot`` gives R, W, the round trips, the estimate, the phase, cuts by reason
+   and the last ``LAST_CUTS``; ``on_event`` hears ``rate.cut`` (with its reason) and
+   ``rate.pause``.  Time comes from the injected ``clock`` / ``sleep`` / ``event``, so tests run
+   on a simulated clock.
 """
 
 from __future__ import annotations
@@ -84,20 +100,21 @@ CUT: Final = 0.5  # a 302 while cruising (the limit fell): halve what was sent (
 STARTUP_BURST_S: Final = 1.0  # the burst the start's first cut assumes a server allows, in s
 STARTUP_CUT_MIN: Final = 0.25  # the start's first cut: what was sent x 0.25 ... 0.8
 STARTUP_CUT_MAX: Final = 0.8
-PROBE_CUT: Final = 0.85  # a probe's 302: back to the cruise rate (or 85% of what it sent)
+PROBE_CUT: Final = 0.85  # a probe's 302: back to the ceiling, at most 85% of what it sent
 CRUISE_GAIN: Final = 0.97  # of the measured limit (BBR's pacing margin + the estimate's error)
 MEASURE_ACCEPTS: Final = 20  # accepted calls in a span for a trusted estimate (~1/sqrt(20))
 MEASURE_SPAN: Final = 0.5  # s of send time, at least
 HOLD_MIN: Final = 2.5  # s of cruise before probing, at least
 HOLD_ROUNDS: Final = 8  # round trips of cruise before probing, at least
-HOLD_DOUBLINGS: Final = 0  # a confirmed ceiling does not lengthen the hold
+HOLD_DOUBLINGS: Final = 0  # a confirmed ceiling does not lengthen the hold (a risen limit would
+# then be found late: 50 -> 10 -> 80/s must be followed within 10 s)
 CONFIRM_BAND: Final = 0.1  # estimates within 10% confirm each other
-PROBE_GAIN: Final = 0.1  # probe: cruise x (1 + 0.02 t^3), t in probe units
+PROBE_GAIN: Final = 0.1  # probe: cruise x (1 + 0.1 t^3), t in probe units
 PROBE_UNIT_MIN: Final = 1.0  # s
 PROBE_UNIT_ROUNDS: Final = 2.0  # round trips per probe unit
 WINDOW_GAIN: Final = 2.0  # BBR cwnd_gain
 WINDOW_HEADROOM: Final = 4  # calls (BBR's minimum cwnd)
-MIN_WINDOW: Final = 8  # calls in flight, at least (zero latency loses nothing at 8)
+MIN_WINDOW: Final = 16  # calls in flight, at least (the old default; zero latency needs it)
 DEFAULT_MAX_IN_FLIGHT: Final = 512
 ROUND_SAMPLES: Final = 32  # answers per latency round: a median steady enough to compare
 BASE_WINDOW: Final = 10.0  # s over which the base round trip is the lowest round median
@@ -664,9 +681,9 @@ class RateController:
         phase = self._phase
         ceiling = self._ceiling
         if phase == "probe" and ceiling is not None and sent <= 2 * ceiling:
-            # A probe past the known ceiling: back to the cruise rate, known to be accepted (the
-            # server's burst let the probe run on; what it accepted since the last refusal
-            # measures the limit, see _maybe_estimate).
+            # A probe past the known ceiling: back to it (the server's refill since the last
+            # refusal let the probe run on; what it accepted since then measures the limit, see
+            # _pair_estimate), never below the cruise rate known to be accepted.
             new = max(self._cruise_rate or 0.0, min(ceiling, PROBE_CUT * sent))
         elif phase == "startup":
             new = sent * _startup_cut(self._growth, self._srtt or 0.0)

@@ -122,7 +122,7 @@ def test_a_cap_is_kept_over_any_second_of_sends_even_after_a_burst_of_callers() 
 # --- the window --------------------------------------------------------------------------------
 
 
-def test_the_window_is_twice_rate_times_round_trip_plus_headroom_never_below_8() -> None:
+def test_the_window_is_twice_rate_times_round_trip_plus_headroom_at_least_16() -> None:
     sim = Sim()
     limiter = controller(sim)
     times = acquire_times(sim, limiter, 4)
@@ -137,7 +137,7 @@ def test_the_window_is_twice_rate_times_round_trip_plus_headroom_never_below_8()
     slow_sim.run()
     slow_sim.now = 0.5
     slow.on_success(sent_at=0.0)
-    assert slow.window == MIN_WINDOW  # 2 x 2/s x 0.5 s + 4 = 6: the floor
+    assert slow.window == MIN_WINDOW == 16  # 2 x 2/s x 0.5 s + 4 = 6: the floor
 
 
 def test_a_full_window_holds_callers_first_come_first_served_until_an_answer_frees_a_slot() -> None:
