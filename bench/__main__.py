@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import changes_scale, report, scenarios
+from bench import changes_scale, control, report, scenarios
 from bench.harness import (
     REPO,
     load_average,
@@ -26,7 +26,8 @@ from bench.harness import (
 from bench.scenarios import FAULT_MIX, LATENCY, NEVER_SUCCEED, Measure, Settings, log
 
 SECTIONS = (
-    "rate", "zero", "big", "faults", "latency", "logging", "flatten", "changes", "crash", "resume",
+    "rate", "zero", "big", "faults", "latency", "logging", "control", "flatten", "changes",
+    "crash", "resume",
 )  # fmt: skip
 
 
@@ -140,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         if "logging" in only:
             log(f"2d. progress + JSON logs vs plain, {s.small_ids:,} ids x {s.repeats}")
             measures += scenarios.logging_cost(s, zero)
+        if "control" in only:
+            log("5. rate and concurrency control with the defaults (issue 11)")
+            measures += control.control(s, measures)
         if "flatten" in only:
             log(f"3. flatten and write, {s.flatten_ids:,} profiles")
             measures += scenarios.flatten_and_write(s)

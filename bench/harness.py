@@ -105,6 +105,8 @@ class Ledger:
     max_in_flight: int = 0  # the most requests the sandbox held at once
     max_calls_per_second: int = 0  # the most requests that arrived within any one second
     latency_median_s: float | None = None  # of the latencies the sandbox applied
+    in_flight: int = 0  # requests the sandbox holds now
+    age_s: float = 0.0  # the sandbox's clock: seconds since it started
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Ledger:
@@ -116,6 +118,8 @@ class Ledger:
             max_in_flight=int(raw.get("max_in_flight", 0)),
             max_calls_per_second=int(raw.get("max_calls_per_second", 0)),
             latency_median_s=raw.get("latency_median_s"),
+            in_flight=int(raw.get("in_flight", 0)),
+            age_s=float(raw.get("age_s", 0.0)),
         )
 
     @property
