@@ -1,6 +1,10 @@
-"""The command line: options → a frozen RunConfig → one call to ``runner.run``; errors → exit codes.
+"""The command line: options → a frozen config → one call per subcommand; errors → exit codes.
 
-This is the only module that imports click, prints for the user, or decides an exit code.
+Subcommands: ``run`` (``runner.run``), ``status`` (``status.read_status`` / ``status.check``),
+``changes`` (``changes.rebuild``), ``report`` (``report.write_report``), ``schema`` and
+``sandbox``.  Every one of them gets the same error boundary (``_Group.invoke``) and the same
+``--debug`` rule.  This is the only module that imports click, prints for the user, or decides
+an exit code.
 """
 
 from __future__ import annotations
