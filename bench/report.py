@@ -716,7 +716,9 @@ def _commands(measures: Sequence[Measure], s: Settings) -> list[str]:
     for m in measures:
         if m.run is None or m.run.argv == ["(in-process)"]:
             continue
-        for argv in (m.sandbox_argv, m.run.argv):
+        first = m.extra.get("first_run")  # a killed run before its resume
+        killed = [first.argv] if first is not None and hasattr(first, "argv") else []
+        for argv in (m.sandbox_argv, *killed, m.run.argv):
             text = _cmd(argv, s.work)
             text = _strip_port(text)
             if argv and text not in seen:

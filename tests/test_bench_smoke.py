@@ -49,3 +49,23 @@ def test_report_renders_targets_for_what_was_measured(tmp_path: Path) -> None:
     )
     assert unmeasured in text
     assert "**pass**" not in text
+
+
+def test_the_control_section_renders_each_figure_against_its_target(tmp_path: Path) -> None:
+    """Section 5's table comes from the checks each scenario recorded (no run needed)."""
+    from bench.control import Check
+
+    measure = scenarios.Measure("control", "limit 20/s, 2–5 s", 1000, None)
+    measure.extra["checks"] = [
+        Check("held ÷ limit", "0.964", "≥ 0.9", True),
+        Check("302 share", "2.50%", "≤ 2%", False),
+    ]
+    settings = scenarios.Settings(
+        work=tmp_path, quick=True, repeats=1, cap_s=60, slow_cap_s=60, rate_ids=10,
+        small_ids=IDS, big_ids=IDS, fault_ids=IDS, latency_ids=IDS, latency_naive_ids=IDS,
+        flatten_ids=IDS, crash_ids=IDS, resume_ids=IDS,
+    )  # fmt: skip
+    text = report.render([measure], settings, machine(), 1.0, "python -m bench --only control")
+    assert "## 5. Rate and concurrency control with the defaults (issue 11)" in text
+    assert "| limit 20/s, 2–5 s | held ÷ limit | 0.964 | ≥ 0.9 | **pass** |" in text
+    assert "| limit 20/s, 2–5 s | 302 share | 2.50% | ≤ 2% | **FAIL** |" in text
