@@ -292,7 +292,7 @@ def summary(
             "ingested": False,
         },
         "api": {
-            "endpoint": "https://api.justoneapi.com/api/xiaohongshu/get-user/v4",
+            "endpoint": "http://127.0.0.1:9/api/xiaohongshu/get-user/v4",  # loopback only
             "sandbox": False,
         },
         "settings": {
