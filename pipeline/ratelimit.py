@@ -90,7 +90,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-START_RATE: Final = 16.0  # requests/s before anything is known
+from pipeline.config import DEFAULT_START_RATE
+
+START_RATE: Final = DEFAULT_START_RATE  # requests/s before anything is known (16)
 START_GROWTH: Final = 1.15  # per round trip until a 302: the first overshoot is ~15% for ~1 RTT
 MAX_GROWTH: Final = 1.5  # per round trip, however far the start has grown
 STARTUP_PACING_GAIN: Final = 2.0  # the start paces at most at 2x the best delivery (BBR: 2.89)
@@ -173,6 +175,7 @@ class RateController:
         rate: float | None = None,
         *,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        start_rate: float = START_RATE,
         burst: float = 1.0,
         min_rate: float = MIN_RATE,
         clock: Callable[[], float] = time.monotonic,
@@ -188,12 +191,15 @@ class RateController:
             raise ValueError(f"min_rate must be positive, got {min_rate}")
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        if not (start_rate > 0 and math.isfinite(start_rate)):
+            raise ValueError(f"start_rate must be a positive number, got {start_rate}")
         self._user_rate = rate
         self._cap = rate if rate is not None else math.inf
         self._max_in_flight = max_in_flight
         self._min_window = min(MIN_WINDOW, max_in_flight)
         self._min_rate = min(min_rate, rate) if rate is not None else min_rate
-        self._rate = min(START_RATE, self._cap)
+        self._start_rate = start_rate
+        self._rate = min(start_rate, self._cap)
         # The user's cap is also kept over any ``CAP_WINDOW`` of sends: at most floor(rate) calls
         # in any (1 + CAP_MARGIN) s, so jitter on the way cannot show the server more.
         self._cap_calls = max(1, math.floor(rate)) if rate is not None else 0
@@ -663,7 +669,7 @@ class RateController:
                 self._probe_started = now
             return
         if self._phase == "startup":
-            self._growth = _startup_growth(self._rate / START_RATE, self._srtt)
+            self._growth = _startup_growth(self._rate / self._start_rate, self._srtt)
             grown = self._rate * math.exp(self._growth * elapsed)
             if self._deliveries:  # no faster than twice what the server has delivered
                 best = max(rate for _, rate in self._deliveries)

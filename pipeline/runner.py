@@ -111,7 +111,10 @@ def run(
         report = dataclasses.replace(report, requeued_failures=requeued, pending_at_start=pending)
         sink.clear_success(config.out_dir, config.snapshot_date)
         limiter = RateController(
-            config.rate, max_in_flight=config.concurrency, on_event=events.emit
+            config.rate,
+            max_in_flight=config.concurrency,
+            start_rate=config.start_rate,
+            on_event=events.emit,
         )
         outcome = FetchOutcome(Tally())
         events.emit("run.started", _started(report, pending))

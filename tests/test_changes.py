@@ -18,7 +18,7 @@ from pipeline.config import RunConfig, Secret
 from pipeline.flatten import flatten
 from pipeline.records import Failure, FetchedProfile
 from pipeline.schema import PROFILE_CHANGES
-from tests.helpers import make_id, write_ids
+from tests.helpers import QUICK_START, make_id, write_ids
 
 D1, D2 = dt.date(2026, 11, 20), dt.date(2026, 11, 27)  # a week apart: per-day = delta / 7
 FETCHED_AT = dt.datetime(2026, 11, 27, 3, 0, tzinfo=dt.UTC)
@@ -290,7 +290,7 @@ def test_bad_tier_bounds_are_a_one_line_usage_error(text: str) -> None:
 def run_day(api: Any, csv_path: Path, out: Path, day: dt.date) -> None:
     config = RunConfig(
         input_path=csv_path, out_dir=out, token=Secret("sandbox"), base_url=api.base_url,
-        snapshot_date=day, concurrency=4,
+        snapshot_date=day, concurrency=4, **QUICK_START,
     )  # fmt: skip
     assert runner.run(config).complete
 

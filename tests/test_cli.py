@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from pipeline.cli import Seams, cli
 from pipeline.errors import StorageError
-from tests.helpers import make_id, read_table, write_ids
+from tests.helpers import QUICK_START, make_id, read_table, write_ids
 
 SNAPSHOT = "2026-11-28"
 
@@ -26,7 +26,9 @@ def invoke(
     token: str | None = "sandbox",
 ) -> Result:
     env = {"JUSTONEAPI_TOKEN": token, "JUSTONEAPI_BASE_URL": None}
-    return CliRunner().invoke(cli, args, obj=Seams(transport=transport), env=env)
+    return CliRunner().invoke(
+        cli, args, obj=Seams(transport=transport, config_overrides=QUICK_START), env=env
+    )
 
 
 def run_args(ids_csv: Path, out: Path, base_url: str, *extra: str) -> list[str]:
@@ -267,7 +269,7 @@ def run_with_failures(sandbox, tmp_path: Path, *extra: str, snapshot: str = SNAP
     csv_path = write_ids(tmp_path / "ids.csv", ids)
     args = run_args(csv_path, tmp_path / "out", api.base_url, "--max-attempts", "2", *extra)
     args[args.index("--snapshot-date") + 1] = snapshot
-    seams = Seams(config_overrides={"backoff_base": 0.001, "backoff_cap": 0.001})
+    seams = Seams(config_overrides={"backoff_base": 0.001, "backoff_cap": 0.001, **QUICK_START})
     env = {"JUSTONEAPI_TOKEN": "sandbox", "JUSTONEAPI_BASE_URL": None}
     return CliRunner().invoke(cli, args, obj=seams, env=env)
 

@@ -19,6 +19,7 @@ from pipeline import runner
 from pipeline.config import RunConfig, Secret
 from pipeline.ids import open_id_file
 from pipeline.sandbox import DriftPlan, Sandbox, drift_config_for
+from tests.helpers import QUICK_START
 
 REPO = Path(__file__).resolve().parents[1]
 IDS_CSV = REPO / "data" / "sample_ids.csv"
@@ -37,7 +38,7 @@ def week(tmp_path_factory: pytest.TempPathFactory) -> Path:
         with Sandbox(drift_config_for(day, demo_ids(), start=START)) as api:
             config = RunConfig(
                 input_path=IDS_CSV, out_dir=out, token=Secret("sandbox"), base_url=api.base_url,
-                snapshot_date=day, concurrency=8,
+                snapshot_date=day, concurrency=8, **QUICK_START,
             )  # fmt: skip
             assert runner.run(config).complete
     return out

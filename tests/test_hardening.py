@@ -36,14 +36,14 @@ import pipeline.state
 from pipeline.cli import Seams, cli
 from pipeline.config import RunConfig, Secret
 from pipeline.sandbox import Sandbox, build_profile, display_count
-from tests.helpers import make_id, write_ids
+from tests.helpers import QUICK_START, make_id, write_ids
 
 REPO = Path(__file__).resolve().parents[1]
 SNAPSHOT = "2026-11-28"
 SandboxFactory = Callable[..., Sandbox]
 PROFILE_COLUMNS_FROM_DATA = ("fans", "follows", "level", "liked", "collected", "notes_posted")
 # Retries wait milliseconds, not seconds (no CLI option sets the back-off: the seam does).
-FAST_BACKOFF = Seams(config_overrides={"backoff_base": 0.005, "backoff_cap": 0.05})
+FAST_BACKOFF = Seams(config_overrides={"backoff_base": 0.005, "backoff_cap": 0.05, **QUICK_START})
 
 
 def invoke(

@@ -100,6 +100,19 @@ def test_invalid_settings_are_refused() -> None:
         RateController(1.0, min_rate=0.0)
     with pytest.raises(ValueError, match="max_in_flight"):
         RateController(None, max_in_flight=0)
+    for bad in (0.0, float("inf")):
+        with pytest.raises(ValueError, match="start_rate"):
+            RateController(None, start_rate=bad)
+
+
+def test_a_given_start_rate_is_where_the_start_begins_below_the_cap() -> None:
+    sim = Sim()
+    limiter = controller(sim, start_rate=200.0)
+    times = acquire_times(sim, limiter, 21)
+    sim.run()
+    assert limiter.rate == 200.0
+    assert times[-1] == pytest.approx(20 / 200)
+    assert controller(Sim(), 50.0, start_rate=200.0).rate == 50.0
 
 
 def test_rate_and_concurrency_caps_are_never_exceeded_as_the_server_sees_it() -> None:

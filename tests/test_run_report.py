@@ -13,7 +13,7 @@ import pytest
 
 from pipeline import runner
 from pipeline.config import RunConfig, Secret
-from tests.helpers import make_id, write_ids
+from tests.helpers import QUICK_START, make_id, write_ids
 
 SNAPSHOT = dt.date(2026, 11, 28)
 SCHEMA = json.loads(
@@ -46,6 +46,7 @@ def config(api: Any, tmp_path: Path, **overrides: Any) -> RunConfig:
         "max_attempts": 2,
         "backoff_base": 0.001,
         "backoff_cap": 0.001,
+        **QUICK_START,
     }
     return RunConfig(**{**options, **overrides})
 

@@ -17,7 +17,7 @@ from pipeline import runner
 from pipeline.config import RunConfig, Secret
 from pipeline.errors import AccountError, CallBudgetExhausted, EndpointGoneError
 from pipeline.schema import PROFILE_INTERACTIONS, PROFILE_TAGS, PROFILES
-from tests.helpers import make_id, read_failures, read_table, table_names, write_ids
+from tests.helpers import QUICK_START, make_id, read_failures, read_table, table_names, write_ids
 
 SNAPSHOT = "2026-11-28"
 
@@ -35,6 +35,7 @@ def config_for(base_url: str, ids_csv: Path, out: Path, **overrides: Any) -> Run
         # Back-off waits of a few ms, so retry paths run in test time.
         "backoff_base": 0.01,
         "backoff_cap": 0.05,
+        **QUICK_START,
     }
     options.update(overrides)
     return RunConfig(**options)

@@ -40,7 +40,7 @@ from pipeline.sandbox import (
     growth,
 )
 from pipeline.sandbox.profiles import profile_json
-from tests.helpers import make_id, read_failures, write_ids
+from tests.helpers import QUICK_START, make_id, read_failures, write_ids
 
 V4 = "/api/xiaohongshu/get-user/v4"
 START = date(2026, 12, 1)
@@ -614,7 +614,7 @@ def test_daily_runs_against_one_drifted_server_store_each_dates_counters(
         args = ["run", str(csv_path), "--out", str(out), "--base-url", box.base_url,
                 "--snapshot-date", day(n).isoformat(), "--no-progress"]  # fmt: skip
         env = {"JUSTONEAPI_TOKEN": "sandbox", "JUSTONEAPI_BASE_URL": None}
-        result = CliRunner().invoke(cli, args, obj=Seams(), env=env)
+        result = CliRunner().invoke(cli, args, obj=Seams(config_overrides=QUICK_START), env=env)
         assert result.exit_code == 0, result.output
         profiles = pl.read_parquet(out / "profiles" / f"dt={day(n)}" / "*.parquet")
         fans = dict(zip(profiles["user_id"], profiles["fans"], strict=True))

@@ -22,13 +22,13 @@ from pipeline.errors import IncompleteSnapshot, StateLockedError, UsageError
 from pipeline.records import FetchedProfile
 from pipeline.state import State
 from pipeline.timestamps import utcnow
-from tests.helpers import make_id, write_ids
+from tests.helpers import QUICK_START, make_id, write_ids
 
 REPO = Path(__file__).resolve().parents[1]
 SNAPSHOT = "2026-11-28"
 DAY = dt.date.fromisoformat(SNAPSHOT)
 TOKEN = "status-test-token-5f1e"  # must never show in status output
-FAST_RETRIES = {"backoff_base": 0.001, "backoff_cap": 0.001}
+FAST_RETRIES = {"backoff_base": 0.001, "backoff_cap": 0.001, **QUICK_START}
 SIX = [make_id(i) for i in range(6)]
 SAMPLE = json.loads((REPO / "tests/golden/seed-get-user-v4-response.json").read_text())
 
