@@ -131,7 +131,8 @@ class RunConfig:
         _positive_seconds("--timeout", self.timeout)
         if not (self.start_rate > 0 and math.isfinite(self.start_rate)):
             raise UsageError(
-                f"start_rate must be a positive number of requests per second, got {self.start_rate}"
+                "start_rate must be a positive number of requests per second, "
+                f"got {self.start_rate}"
             )
         _positive_seconds("backoff_base", self.backoff_base)
         _positive_seconds("backoff_cap", self.backoff_cap)
