@@ -18,6 +18,7 @@ from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from pipeline.errors import UsageError
+from pipeline.shards import Shard
 
 DEFAULT_BASE_URL: Final = "https://api.justoneapi.com"
 REGION_HOSTS: Final = {
@@ -108,6 +109,9 @@ class RunConfig:
     batch_rows: int = 2000  # profiles per Parquet part; 5,000 cost 60 MB more peak memory
     max_body_bytes: int = 5 * 1024 * 1024
     sandbox: bool = False  # running against the built-in sandbox (set by the CLI, for messages)
+    shard: Shard | None = None  # this run owns only the shard's ids; None: every id
+    # Where the checkpoint (SQLite) and its lock live; None: OUT/_state.
+    state_dir: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_url", validate_base_url(self.base_url))
