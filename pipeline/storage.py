@@ -489,10 +489,16 @@ class FsspecStore(Store):
         return self.full_path(key)
 
     def probe(self) -> None:
-        """Write and remove one small object: OUT is reachable and writable, or StorageError."""
+        """Write and remove one small object: OUT is reachable and writable, or a one-line
+        UsageError (exit 2: nothing was called yet) saying why and what to do."""
         key = f"{TMP_DIR}/write-probe-{secrets.token_hex(4)}"
-        self.write_bytes(key, b"")
-        self.delete([key])
+        try:
+            self.write_bytes(key, b"")
+            self.delete([key])
+        except RemoteStorageError as exc:
+            raise UsageError(
+                f"--out {self.display} is not writable: {exc.problem}: {exc.advice}"
+            ) from exc
 
     def _call(self, doing: str, key: str, function: Callable[..., _T], *args: Any) -> _T:
         try:
@@ -562,6 +568,16 @@ _NETWORK_ERRORS: Final = frozenset(
 )
 
 
+class RemoteStorageError(StorageError):
+    """An object store refused or failed a call; ``problem`` and ``advice`` are the message's
+    parts, for a caller that words it its own way (the probe of ``--out``)."""
+
+    def __init__(self, message: str, *, problem: str, advice: str) -> None:
+        super().__init__(message)
+        self.problem = problem
+        self.advice = advice
+
+
 def remote_error(exc: BaseException, where: str, doing: str, *, bucket: str) -> StorageError:
     """One line for what went wrong at ``where``; the cause's text masked and cut short.
 
@@ -579,33 +595,34 @@ def remote_error(exc: BaseException, where: str, doing: str, *, bucket: str) -> 
     if isinstance(exc, FileNotFoundError) and not missing_bucket:
         return MissingFileError(f"{where} does not exist")
     if missing_bucket:
-        return StorageError(
-            f"the bucket {bucket} does not exist (while {doing} {where}): create it or fix "
-            "--out, and rerun; nothing fetched is lost"
+        problem, advice = f"the bucket {bucket} does not exist", "create it or fix --out"
+        return RemoteStorageError(
+            f"{problem} (while {doing} {where}): {advice}, and rerun; nothing fetched is lost",
+            problem=problem,
+            advice=advice,
         )
     if code in _ACCESS_CODES or isinstance(exc, PermissionError):
-        return StorageError(
-            f"access denied while {doing} {where} ({code or detail}): check the AWS "
-            "credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID) and what they may do in the bucket, "
-            "and rerun; nothing fetched is lost"
+        head, cause = "access denied", code or detail
+        advice = (
+            "check the AWS credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID) and what they may do "
+            "in the bucket"
         )
-    if kinds & _CREDENTIAL_ERRORS:
-        return StorageError(
-            f"no usable AWS credentials while {doing} {where} ({detail}): set AWS_PROFILE, or "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, in the environment and rerun; "
-            "nothing fetched is lost"
+    elif kinds & _CREDENTIAL_ERRORS:
+        head, cause = "no usable AWS credentials", detail
+        advice = (
+            "set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, in the environment"
         )
-    if kinds & _NETWORK_ERRORS or isinstance(exc, ConnectionError | TimeoutError):
-        return StorageError(
-            f"cannot reach the object store while {doing} {where} ({detail}): check the network "
-            "and AWS_ENDPOINT_URL, and rerun; nothing fetched is lost"
-        )
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageError(
-            f"out of space while {doing} {where}: free space and rerun; nothing fetched is lost"
-        )
-    return StorageError(
-        f"error while {doing} {where} ({detail}): fix the cause and rerun; nothing fetched is lost"
+    elif kinds & _NETWORK_ERRORS or isinstance(exc, ConnectionError | TimeoutError):
+        head, cause = "cannot reach the object store", detail
+        advice = "check the network and AWS_ENDPOINT_URL"
+    elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        head, cause, advice = "out of space", detail, "free space"
+    else:
+        head, cause, advice = "error", detail, "fix the cause"
+    return RemoteStorageError(
+        f"{head} while {doing} {where} ({cause}): {advice}, and rerun; nothing fetched is lost",
+        problem=f"{head} ({cause})",
+        advice=advice,
     )
 
 

@@ -405,8 +405,12 @@ def test_the_probe_writes_and_removes_one_object(s3: S3, tmp_path: Path) -> None
     assert s3.keys() == []
     gone = open_store(f"s3://{s3.bucket}-gone/out", tmp_path / "staging")
     assert isinstance(gone, FsspecStore)
-    with pytest.raises(StorageError, match="does not exist"):
+    with pytest.raises(UsageError) as caught:
         gone.probe()
+    assert str(caught.value) == (
+        f"--out s3://{s3.bucket}-gone/out is not writable: the bucket {s3.bucket}-gone does not "
+        "exist: create it or fix --out"
+    )
 
 
 # ------------------------------------------------------------------ masking
