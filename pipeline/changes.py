@@ -347,6 +347,25 @@ def write(
     state transaction, so a kill at any point leaves one or the other (and an orphan the next
     run removes).
     """
+    parts = {t: [p.path for p in state.parts(t)] for t in _READ}
+    frame = compute_for(out_dir, snapshot_date, parts, baseline_date=baseline_date, tiers=tiers)
+    old = state.parts(PROFILE_CHANGES.name)
+    part = sink.write_part(out_dir, PROFILE_CHANGES, snapshot_date, frame)
+    state.replace_parts(old, [part])
+    sink.delete_parts(out_dir, old)
+    return part
+
+
+def compute_for(
+    out_dir: Path,
+    snapshot_date: dt.date,
+    parts: Mapping[str, Sequence[str]],
+    *,
+    baseline_date: dt.date | None = None,
+    tiers: Tiers = DEFAULT_TIERS,
+) -> pl.DataFrame:
+    """The changes of the snapshot made of ``parts`` (paths relative to OUT, by table) against
+    ``baseline_date`` (default: the latest earlier complete snapshot), with its history."""
     earlier = [d for d in sink.manifest_dates(out_dir) if d < snapshot_date]
     if baseline_date is None and earlier:
         baseline_date = earlier[-1]
@@ -356,7 +375,6 @@ def write(
         if manifest is None:
             raise UsageError(f"no complete snapshot {baseline_date} in {out_dir} to compare with")
         baseline = _files_of(out_dir, baseline_date, _manifest_parts(manifest))
-    later = _files_of(out_dir, snapshot_date, {t: [p.path for p in state.parts(t)] for t in _READ})
     history = [
         out_dir / path
         for day in earlier[-HISTORY_SNAPSHOTS:]
@@ -364,12 +382,7 @@ def write(
             PROFILE_CHANGES.name, []
         )
     ]
-    frame = compute(later, baseline, history, tiers=tiers)
-    old = state.parts(PROFILE_CHANGES.name)
-    part = sink.write_part(out_dir, PROFILE_CHANGES, snapshot_date, frame)
-    state.replace_parts(old, [part])
-    sink.delete_parts(out_dir, old)
-    return part
+    return compute(_files_of(out_dir, snapshot_date, parts), baseline, history, tiers=tiers)
 
 
 _READ: Final = ("profiles", "profile_tags", "profile_interactions")
