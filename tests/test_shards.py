@@ -431,3 +431,33 @@ def test_status_shows_each_shard_and_check_waits_for_the_missing_one(
     assert snapshot["written"] == own[0] + own[2]
     runner.run(config_for(api.base_url, csv_path, out, shard=Shard(1, 3)))
     assert CliRunner().invoke(cli, ["status", str(out), "--check"]).exit_code == 0
+
+
+def test_the_changes_command_rebuilds_a_sharded_snapshot_without_a_state_of_its_own(
+    sandbox, tmp_path: Path
+) -> None:
+    api = sandbox()
+    csv_path = write_ids(tmp_path / "ids.csv", IDS[:40])
+    out = tmp_path / "out"
+    later = DAY + dt.timedelta(days=1)
+    for day in (DAY, later):
+        for k in range(2):
+            runner.run(
+                config_for(api.base_url, csv_path, out, shard=Shard(k, 2), snapshot_date=day)
+            )
+    before = sink.read_manifest(out, later)
+    assert before is not None
+    args = ["changes", str(out), "--tier-bounds", "10,100,1000,10000,100000"]
+    for _ in range(2):  # the same rows, the same one file, on every rerun
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        after = sink.read_manifest(out, later)
+        assert after is not None
+        [entry] = after["tables"]["profile_changes"]
+        assert sorted(p.name for p in out.glob(f"profile_changes/dt={later}/*.parquet")) == [
+            Path(entry["path"]).name
+        ]
+    assert entry != before["tables"]["profile_changes"][0]
+    assert after["tables"]["profiles"] == before["tables"]["profiles"]
+    assert not list((out / "_state").glob(f"dt={later}.sqlite"))
+    assert sorted(pl.read_parquet(out / entry["path"])["user_id"]) == sorted(IDS[:40])
