@@ -58,6 +58,7 @@ from pipeline.run_report import Outcome, RunReport
 from pipeline.sandbox import DriftPlan, Sandbox, SandboxConfig, drift_config_for, serve
 from pipeline.sandbox.drift import parse_date
 from pipeline.schema import DEFAULT_TIERS
+from pipeline.shards import INDEX_ENV, MAX_SHARDS, resolve_shard, shard_token
 from pipeline.timestamps import utcnow
 
 # click's ``\b`` keeps the lines as they are instead of rewrapping them into one paragraph.
@@ -277,6 +278,33 @@ def cli() -> None:
     help="json: every stderr line is one JSON object (events, progress, summary, errors).",
 )
 @click.option(
+    "--shard-index",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="K",
+    help=f"Fetch only shard K's ids (0-based; default ${INDEX_ENV}, as Kubernetes sets it).",
+)
+@click.option(
+    "--shard-count",
+    type=click.IntRange(min=1, max=MAX_SHARDS),
+    default=None,
+    metavar="N",
+    help="Split the ids into N shards by a stable hash; the last shard to finish commits.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Read the API token from this file's first line (a shard's JUSTONEAPI_TOKEN_<K> "
+    "comes first).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where the checkpoint (SQLite) and its lock live. Default: OUT/_state.",
+)
+@click.option(
     "--sandbox",
     "use_sandbox",
     is_flag=True,
@@ -389,10 +417,14 @@ def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
     extra: dict[str, Any] = {}
     if snapshot is not None:
         extra["snapshot_date"] = parse_snapshot_date(snapshot)
+    shard = resolve_shard(options["shard_index"], options["shard_count"], os.environ)
+    token = options["token"]
+    if not sandbox:
+        token = shard_token(shard, os.environ, options["token_file"], token)
     return RunConfig(
         input_path=options["input_csv"],
         out_dir=options["out_dir"],
-        token=Secret(options["token"] or ""),
+        token=Secret(token or ""),
         base_url=validate_base_url(base_url or DEFAULT_BASE_URL),
         api_version=options["api_version"],
         id_column=options["id_column"],
@@ -406,6 +438,8 @@ def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
         dry_run=options["dry_run"],
         batch_rows=options["batch_rows"],
         sandbox=sandbox,
+        shard=shard,
+        state_dir=options["state_dir"],
         **extra,
     )
 
@@ -418,8 +452,9 @@ def _print_report(report: RunReport) -> None:
         )
         return
     snap, req = report.snapshot, report.requests
+    of_shard = f", {report.config.shard.label}" if report.config.shard is not None else ""
     click.echo(
-        f"snapshot {report.snapshot_date.isoformat()}: {snap.written:,} profiles, "
+        f"snapshot {report.snapshot_date.isoformat()}{of_shard}: {snap.written:,} profiles, "
         f"{snap.failures:,} failed, {snap.pending:,} pending"
     )
     click.echo(
@@ -430,6 +465,18 @@ def _print_report(report: RunReport) -> None:
     click.echo(
         f"output: {report.out}  (failures: {report.failures_file}, {rows:,} row{'s' * (rows != 1)})"
     )
+    shard = report.config.shard
+    if shard is not None and report.complete:
+        if report.assembled:
+            click.echo(f"{shard.label}: done, the last of {shard.count}: snapshot committed")
+        else:
+            waiting = [str(k) for k in range(shard.count) if k not in report.shards_done]
+            which = (
+                f"shard {waiting[0]} is"
+                if len(waiting) == 1
+                else f"shards {', '.join(waiting)} are"
+            )
+            click.echo(f"{shard.label}: done; the snapshot is committed when {which} done")
 
 
 @contextlib.contextmanager
