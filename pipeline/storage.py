@@ -59,6 +59,7 @@ _S3_SCHEMES: Final = frozenset({"s3", "s3a"})
 # them.  Warnings and errors still come through.
 _CHATTY_LOGGERS: Final = ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3")
 _DETAIL_CHARS: Final = 200
+_PROBE: Final = "write-probe-"
 _T = TypeVar("_T")
 
 
@@ -134,6 +135,9 @@ class Store(ABC):
 
     is_local: bool
     display: str  # how messages name OUT: a path or a URL, never a credential
+    # What a read through ``open_input`` or ``arrow_filesystem`` may raise about the store
+    # itself (for ``error`` to word), as opposed to a bug.
+    errors: tuple[type[BaseException], ...]
 
     @abstractmethod
     def write(self, key: str, write: Callable[[IO[bytes]], object]) -> None:
@@ -182,6 +186,11 @@ class Store(ABC):
     def error(self, exc: BaseException, key: str, doing: str) -> StorageError:
         """``exc`` (raised while ``doing`` ``key``, e.g. by a reader later) as a StorageError."""
 
+    @abstractmethod
+    def staging(self, folder: str) -> Store:
+        """The same OUT, its temp files in their own ``folder`` of the temp folder (a shard's:
+        it clears only its own)."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.display!r})"
 
@@ -193,11 +202,15 @@ class LocalStore(Store):
     """A folder on this machine, written exactly as sink always wrote it."""
 
     is_local = True
+    errors = (OSError,)
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tmp_dir: Path | None = None) -> None:
         self.root = root
         self.display = str(root)
-        self.tmp_dir = root / TMP_DIR
+        self.tmp_dir = tmp_dir if tmp_dir is not None else root / TMP_DIR
+
+    def staging(self, folder: str) -> LocalStore:
+        return LocalStore(self.root, self.tmp_dir / folder)
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -370,7 +383,7 @@ class FsspecStore(Store):
         self.root = root.rstrip("/")
         self.display = f"{protocol}://{self.root}"
         self.tmp_dir = tmp_dir
-        self._errors = _foreign_errors()
+        self.errors = _foreign_errors()
 
     @classmethod
     def open(cls, url: str, tmp_dir: Path) -> FsspecStore:
@@ -400,6 +413,9 @@ class FsspecStore(Store):
         except Exception as exc:  # a foreign constructor: anything it raises is about its setup
             raise UsageError(f"--out {url}: cannot set up {protocol}:// ({_detail(exc)})") from exc
         return cls(fs, protocol, fs._strip_protocol(url), tmp_dir)
+
+    def staging(self, folder: str) -> FsspecStore:
+        return FsspecStore(self._fs, self.protocol, self.root, self.tmp_dir / folder)
 
     @property
     def filesystem(self) -> Any:
@@ -467,8 +483,11 @@ class FsspecStore(Store):
                     self._call("removing", key, self._fs.rm_file, path)
 
     def clear_tmp(self) -> list[str]:
-        """The staging folder is local: a crash leaves its temp file there, never in OUT."""
-        removed: list[str] = []
+        """The staging folder is local: a crash leaves its temp file there, never in OUT (only
+        a probe of OUT, killed between its write and its removal, leaves an empty object)."""
+        probes = [k for k in self.listdir(TMP_DIR) if k.startswith(f"{TMP_DIR}/{_PROBE}")]
+        self.delete(probes)
+        removed: list[str] = list(probes)
         try:
             if self.tmp_dir.is_dir():
                 for leftover in sorted(self.tmp_dir.iterdir()):
@@ -492,7 +511,7 @@ class FsspecStore(Store):
     def probe(self) -> None:
         """Write and remove one small object: OUT is reachable and writable, or a one-line
         UsageError (exit 2: nothing was called yet) saying why and what to do."""
-        key = f"{TMP_DIR}/write-probe-{secrets.token_hex(4)}"
+        key = f"{TMP_DIR}/{_PROBE}{secrets.token_hex(4)}"
         try:
             self.write_bytes(key, b"")
             self.delete([key])
@@ -504,7 +523,7 @@ class FsspecStore(Store):
     def _call(self, doing: str, key: str, function: Callable[..., _T], *args: Any) -> _T:
         try:
             return function(*args)
-        except self._errors as exc:
+        except self.errors as exc:
             raise self.error(exc, key, doing) from exc
 
     def error(self, exc: BaseException, key: str, doing: str) -> StorageError:
