@@ -27,7 +27,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import click
 import httpx
 
-from pipeline import changes, runner, schema, sink, status
+from pipeline import changes, runner, schema, sink, status, storage
 from pipeline.config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -45,6 +45,7 @@ from pipeline.errors import (
     FailureThresholdExceeded,
     Interrupted,
     SandboxOptionError,
+    StorageError,
     UsageError,
     XhsProfilesError,
 )
@@ -160,14 +161,26 @@ def cli() -> None:
     """Fetch Xiaohongshu creator profiles from Just One API into Hive-partitioned Parquet."""
 
 
+class _OutLocation(click.Path):
+    """``--out``: a folder, as ``click.Path`` always took it, or an object store's URL
+    (``s3://bucket/prefix``), kept as canonical text."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and storage.is_remote(value):
+            return storage.canonical_url(value)
+        return super().convert(value, param, ctx)
+
+
 @cli.command("run", epilog=EXIT_CODES_HELP)
 @click.argument("input_csv", metavar="INPUT.csv", type=click.Path(path_type=Path))
 @click.option(
     "--out",
     "out_dir",
     required=True,
-    type=click.Path(path_type=Path),
-    help="Output folder: tables, failures, state, run summaries.",
+    metavar="DIR|URL",
+    type=_OutLocation(path_type=Path),
+    help="Output folder, or an object store URL such as s3://bucket/prefix (credentials from "
+    "the AWS environment): tables, failures, manifests, run summaries.",
 )
 @click.option(
     "--token",
@@ -302,7 +315,8 @@ def cli() -> None:
     "--state-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Where the checkpoint (SQLite) and its lock live. Default: OUT/_state.",
+    help="Where the checkpoint (SQLite) and its lock live, on a local disk. Default: "
+    "OUT/_state; for a URL --out, $XDG_CACHE_HOME/xhs-profiles/<hash of the URL>.",
 )
 @click.option(
     "--sandbox",
@@ -351,13 +365,17 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
 
 
 def _drifting_sandbox(
-    input_csv: Path, id_column: str | None, out_dir: Path, day: dt.date
+    input_csv: Path, id_column: str | None, out: Path | str, day: dt.date
 ) -> SandboxConfig:
     """``--sandbox`` answers as of the snapshot date, in a history that starts at the oldest
     complete snapshot in --out: a series of daily runs sees its creators grow, and the demo
     plan's events (a spike, a rename, a deletion, ...) on days 3 to 6 of the series."""
     ids = [row.user_id for row in open_id_file(input_csv, id_column) if row.user_id]
-    start = min([*sink.manifest_dates(out_dir), day])
+    try:
+        dates = sink.manifest_dates(storage.open_store(out))
+    except StorageError:
+        dates = []  # an OUT that cannot be read: the run's own check of it says why, next
+    start = min([*dates, day])
     return drift_config_for(
         day, ids, start=start, latency=(0.01, 0.05), fault_mix="301:0.1,500:0.05"
     )
@@ -421,9 +439,14 @@ def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
     token = options["token"]
     if not sandbox:
         token = shard_token(shard, os.environ, options["token_file"], token)
+    out, state_dir = options["out_dir"], options["state_dir"]
+    if isinstance(out, str):  # a URL: the checkpoint goes to a local folder, never to OUT
+        state_dir = state_dir or storage.default_state_dir(out)
+        extra.update(out_url=out, out_dir=state_dir)
+    else:
+        extra["out_dir"] = out
     return RunConfig(
         input_path=options["input_csv"],
-        out_dir=options["out_dir"],
         token=Secret(token or ""),
         base_url=validate_base_url(base_url or DEFAULT_BASE_URL),
         api_version=options["api_version"],
@@ -439,7 +462,7 @@ def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
         batch_rows=options["batch_rows"],
         sandbox=sandbox,
         shard=shard,
-        state_dir=options["state_dir"],
+        state_dir=state_dir,
         **extra,
     )
 

@@ -72,7 +72,7 @@ class S3:
         environment says), as an outside reader would have."""
         return self._fs
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def objects(self, prefix: str = "") -> list[str]:
         """Every object under ``bucket/prefix``, relative to the bucket."""
         fs = self.filesystem()
         base = f"{self.bucket}/{prefix}".rstrip("/")

@@ -402,7 +402,7 @@ def test_the_probe_writes_and_removes_one_object(s3: S3, tmp_path: Path) -> None
     remote = open_store(s3.url("out"), tmp_path / "staging")
     assert isinstance(remote, FsspecStore)
     remote.probe()
-    assert s3.keys() == []
+    assert s3.objects() == []
     gone = open_store(f"s3://{s3.bucket}-gone/out", tmp_path / "staging")
     assert isinstance(gone, FsspecStore)
     with pytest.raises(UsageError) as caught:
