@@ -155,6 +155,15 @@ def _debug_option(help_text: str) -> Callable[[_Command], _Command]:
     return click.option("--debug", is_flag=True, callback=remember, help=help_text)
 
 
+def _state_dir_option(help_text: str) -> Callable[[_Command], _Command]:
+    return click.option(
+        "--state-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help=f"{help_text} Default: DIR/_state; for a URL, the cache folder the run used.",
+    )
+
+
 @click.group(cls=_Group, name="xhs-profiles")
 @click.version_option(package_name="xhs-profiles")
 def cli() -> None:
@@ -657,7 +666,7 @@ def sandbox_command(host: str, port: int, **options: Any) -> None:
 
 
 @cli.command("changes")
-@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("out_dir", metavar="DIR|URL", type=_OutLocation(path_type=Path))
 @click.option(
     "--to", "to_date", metavar="YYYY-MM-DD", help="Default: the latest complete snapshot."
 )
@@ -673,15 +682,18 @@ def sandbox_command(host: str, port: int, **options: Any) -> None:
     default=None,
     help="Followers where nano, micro, mid, macro, mega start (1000,10000,50000,500000,1000000).",
 )
+@_state_dir_option("The runs' --state-dir, if they had one.")
 @_debug_option("Tracebacks on unexpected errors.")
-def changes_command(out_dir: Path, **options: Any) -> None:
+def changes_command(out_dir: Path | str, **options: Any) -> None:
     """Recompute DIR's profile_changes for one snapshot and list it in its manifest."""
     to_date, from_date, bounds = options["to_date"], options["from_date"], options["tier_bounds"]
+    out, state_dir = _out_and_state(out_dir, options["state_dir"])
     result = changes.rebuild(
-        out_dir,
+        out,
         parse_snapshot_date(to_date, option="--to") if to_date else None,
         parse_snapshot_date(from_date, option="--from") if from_date else None,
         tiers=changes.parse_tier_bounds(bounds) if bounds else DEFAULT_TIERS,
+        state_dir=state_dir,
     )
     baseline = result.baseline_date
     against = (
@@ -691,8 +703,22 @@ def changes_command(out_dir: Path, **options: Any) -> None:
     )
     click.echo(
         f"profile_changes {result.snapshot_date} {against}: {result.part.rows:,} rows, "
-        f"{result.flagged:,} flagged -> {out_dir / result.part.path}"
+        f"{result.flagged:,} flagged -> {_where(out_dir, result.part.path)}"
     )
+
+
+def _out_and_state(
+    out: Path | str, state_dir: Path | None
+) -> tuple[Path | storage.Store, Path | None]:
+    """A folder as it is; a URL as its store, with its checkpoints in the local cache folder
+    that ``run`` used for it (unless ``--state-dir`` says otherwise)."""
+    if isinstance(out, Path):
+        return out, state_dir
+    return storage.open_store(out), state_dir or storage.default_state_dir(out)
+
+
+def _where(out: Path | str, key: str) -> str:
+    return str(out / key) if isinstance(out, Path) else f"{out}/{key}"
 
 
 def _days(span: dt.timedelta) -> str:
@@ -759,7 +785,7 @@ With --check, exit codes:
 
 
 @cli.command("status", epilog=STATUS_EXIT_HELP)
-@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("out_dir", metavar="DIR|URL", type=_OutLocation(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
 @click.option(
     "--check",
@@ -794,9 +820,10 @@ With --check, exit codes:
     metavar="N",
     help="With --check: exit 6 over N failed ids (default: the run's verdict).",
 )
+@_state_dir_option("Where the runs kept their checkpoints, if not in DIR.")
 @_debug_option("Tracebacks on unexpected errors.")
 @click.pass_obj
-def status_command(obj: Seams | None, /, out_dir: Path, **options: Any) -> None:
+def status_command(obj: Seams | None, /, out_dir: Path | str, **options: Any) -> None:
     """What the output folder DIR holds, per snapshot date; safe while a run is going on."""
     seams = obj or Seams()
     for name in ("max_age", "max_failure_rate", "max_failures"):
@@ -807,7 +834,7 @@ def status_command(obj: Seams | None, /, out_dir: Path, **options: Any) -> None:
     max_age = status.DEFAULT_MAX_AGE
     if options["max_age"] is not None:
         max_age = status.parse_duration(options["max_age"])
-    found = status.read_status(out_dir)
+    found = status.read_status(*_out_and_state(out_dir, options["state_dir"]))
     verdict: str | CheckFailed | None = None
     if options["check"]:
         try:
@@ -836,7 +863,7 @@ def status_command(obj: Seams | None, /, out_dir: Path, **options: Any) -> None:
 
 
 @cli.command("report")
-@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("out_dir", metavar="DIR", type=_OutLocation(path_type=Path))
 @click.option(
     "--out",
     "out_file",
@@ -845,8 +872,13 @@ def status_command(obj: Seams | None, /, out_dir: Path, **options: Any) -> None:
     help=f"The HTML file to write. Default DIR/{REPORT_NAME}.",
 )
 @_debug_option("Tracebacks on unexpected errors.")
-def report_command(out_dir: Path, out_file: Path | None, **_options: Any) -> None:
+def report_command(out_dir: Path | str, out_file: Path | None, **_options: Any) -> None:
     """Write one self-contained HTML page about DIR: freshness, runs, outcomes, creators."""
+    if isinstance(out_dir, str):
+        raise UsageError(
+            f"report reads a local folder, not {out_dir}: copy the snapshots it shows there "
+            f"first (aws s3 sync {out_dir} DIR), then run xhs-profiles report DIR"
+        )
     written = write_report(out_dir, out_file)
     click.echo(
         f"report: {written.path} ({written.size:,} bytes, snapshot "

@@ -161,6 +161,25 @@ def test_the_cli_runs_the_sandbox_into_s3_with_the_default_state_dir(
     assert state.parent == tmp_path / "cache" / "xhs-profiles"
     assert (state / f"dt={SNAPSHOT}.sqlite").is_file()
 
+    # status, changes and report on the URL (status and changes find the same cache folder)
+    found = CliRunner().invoke(cli, ["status", url, "--json"])
+    assert found.exit_code == 0, found.output
+    (snapshot,) = json.loads(found.stdout)["snapshots"]
+    assert (snapshot["complete"], snapshot["written"], snapshot["runs"]) == (True, 8, 1)
+    assert snapshot["state_file"] == str(state / f"dt={SNAPSHOT}.sqlite")
+    checked = CliRunner().invoke(cli, ["status", url, "--check"])
+    assert (checked.exit_code, checked.stdout.split(":")[0]) == (0, "ok"), checked.output
+    rebuilt = CliRunner().invoke(cli, ["changes", url])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert f"-> {url.rstrip('/')}/profile_changes/dt={SNAPSHOT}/part-" in rebuilt.stdout
+    assert_every_id_once(
+        s3.read_dataset("cli/out", SNAPSHOT), [make_id(i, "s3-cli") for i in range(8)]
+    )
+    page = CliRunner().invoke(cli, ["report", url])
+    assert page.exit_code == 2 and page.stderr.startswith(
+        "xhs-profiles: report reads a local folder"
+    )
+
 
 def invoke(args: list[str], **env: str | None) -> Result:
     environment: dict[str, str | None] = {
