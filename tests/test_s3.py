@@ -34,6 +34,7 @@ from pipeline.cli import Seams, cli
 from pipeline.config import RunConfig, Secret
 from pipeline.crashpoints import ENV as CRASH_ENV
 from pipeline.schema import TABLES
+from pipeline.shards import Shard
 from pipeline.storage import default_state_dir
 from tests.helpers import QUICK_START, make_id, write_ids
 from tests.s3server import S3, SECRET_KEY, Dataset
@@ -179,6 +180,33 @@ def test_the_cli_runs_the_sandbox_into_s3_with_the_default_state_dir(
     assert page.exit_code == 2 and page.stderr.startswith(
         "xhs-profiles: report reads a local folder"
     )
+
+
+@pytest.mark.slow  # three runs into S3
+def test_shards_into_s3_make_one_dataset_the_last_one_commits(
+    sandbox: Any, s3: S3, tmp_path: Path
+) -> None:
+    api = sandbox(scripts={make_id(3, "s3-shards"): ["404"] * 5})
+    ids = [make_id(i, "s3-shards") for i in range(40)]
+    csv_path = write_ids(tmp_path / "ids.csv", [*ids, "not-an-id"])
+    first = runner.run(remote_config(s3, csv_path, api.base_url, shard=Shard(1, 2)))
+    assert first.complete and not first.assembled
+    assert not any("/_manifests/" in k for k in s3.objects("out"))
+    last = runner.run(remote_config(s3, csv_path, api.base_url, shard=Shard(0, 2)))
+    assert last.complete and last.assembled
+    data = s3.read_dataset("out", SNAPSHOT)
+    assert_every_id_once(data, [i for i in ids if i != make_id(3, "s3-shards")])
+    failures = s3.read(f"out/failures/dt={SNAPSHOT}/failures.csv").decode().splitlines()
+    assert sorted(line.split(",")[:2] for line in failures[1:]) == sorted(
+        [[make_id(3, "s3-shards"), "404"], ["not-an-id", "400"]]
+    )
+    for name in (*TABLE_NAMES, "failures"):
+        assert f"out/{name}/dt={SNAPSHOT}/_SUCCESS" in s3.objects("out"), name
+    # Each shard's checkpoint in the one local state folder, none in the bucket.
+    assert sorted(p.name for p in (tmp_path / "state").glob("*.sqlite")) == [
+        f"dt={SNAPSHOT}.shard-0-of-2.sqlite",
+        f"dt={SNAPSHOT}.shard-1-of-2.sqlite",
+    ]
 
 
 def invoke(args: list[str], **env: str | None) -> Result:
