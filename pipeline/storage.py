@@ -436,7 +436,7 @@ class FsspecStore(Store):
                 with tmp.open("wb", buffering=_WRITE_BUFFER) as handle:
                     write(handle)
             except OSError as exc:
-                raise storage_error(exc, tmp, f"writing the local copy of {self.uri(key)}") from exc
+                raise _staging_error(exc, tmp, self.uri(key)) from exc
             # One PUT (a multipart upload completes only at its end): the key appears whole.
             self._call("writing", key, self._fs.put_file, str(tmp), self.full_path(key))
         finally:
@@ -469,18 +469,12 @@ class FsspecStore(Store):
         return sorted(keys)
 
     def delete(self, keys: Iterable[str]) -> None:
-        keys = list(keys)
-        if not keys:
-            return
-        paths = [self.full_path(k) for k in keys]
-        try:
-            # One request per 1,000 keys on S3; a missing key is not an error there.
-            self._call("removing", posixpath.dirname(keys[0]), self._fs.rm, paths)
-        except MissingFileError:
-            # Filesystems other than S3 refuse a missing path: one at a time, then.
-            for key, path in zip(keys, paths, strict=True):
-                with contextlib.suppress(MissingFileError):
-                    self._call("removing", key, self._fs.rm_file, path)
+        """One request per key: s3fs's bulk delete drops the per-key errors S3 reports (an
+        object refused would stay, unseen), a single delete raises them.  A key already gone
+        is no error (S3 says nothing; other filesystems' complaint is ignored)."""
+        for key in keys:
+            with contextlib.suppress(MissingFileError):
+                self._call("removing", key, self._fs.rm_file, self.full_path(key))
 
     def clear_tmp(self) -> list[str]:
         """The staging folder is local: a crash leaves its temp file there, never in OUT (only
@@ -528,6 +522,20 @@ class FsspecStore(Store):
 
     def error(self, exc: BaseException, key: str, doing: str) -> StorageError:
         return remote_error(exc, self.uri(key), doing, bucket=self.root.split("/", 1)[0])
+
+
+def _staging_error(exc: OSError, tmp: Path, where: str) -> StorageError:
+    """The local copy of a remote file could not be written: the local disk's problem."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        problem = "disk full"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        problem = f"permission denied ({exc.strerror or exc})"
+    else:
+        problem = f"error ({exc.strerror or exc})"
+    return StorageError(
+        f"{problem} while writing {tmp}, the local copy of {where}: free space or fix "
+        f"{tmp.parent} (or use another --state-dir) and rerun; nothing fetched is lost"
+    )
 
 
 def _import(module: str, url: str) -> Any:

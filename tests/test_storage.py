@@ -364,6 +364,13 @@ def test_credentials_that_may_only_read_are_refused_writes_in_one_line(
         )
         assert isinstance(caught.value.__cause__, PermissionError)
         assert temp_files(remote) == []
+        # A refused delete is said too (s3fs's bulk delete would drop S3's per-key error).
+        with pytest.raises(StorageError) as kept:
+            remote.delete(["_manifests/dt=2026-11-28.json"])
+        assert assert_one_clean_line(kept.value, reader_secret).startswith(
+            f"access denied while removing s3://{s3.bucket}/out/_manifests/dt=2026-11-28.json"
+        )
+        assert remote.exists("_manifests/dt=2026-11-28.json")
         # A wrong secret key: the signature does not match, said without the key.
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-" + reader_secret)
         wrong = open_store(s3.url("out"), tmp_path / "staging")
@@ -396,6 +403,27 @@ def test_no_credentials_and_no_endpoint_are_each_one_line(
         f"cannot reach the object store while writing s3://{s3.bucket}/out/_runs/r.json "
         '(Could not connect to the endpoint URL: "http://127.0.0.1:9/'
     )
+
+
+def test_a_full_local_disk_under_a_remote_store_is_one_line_naming_the_local_copy(
+    s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = open_store(s3.url("out"), tmp_path / "staging")
+
+    def full(handle: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(StorageError) as caught:
+        remote.write(KEY, full)
+    text = assert_one_clean_line(caught.value)
+    assert text.startswith(
+        f"disk full while writing {tmp_path}/staging/part-00000001-00001.parquet."
+    )
+    assert text.endswith(
+        f", the local copy of s3://{s3.bucket}/out/{KEY}: free space or fix {tmp_path}/staging "
+        "(or use another --state-dir) and rerun; nothing fetched is lost"
+    )
+    assert temp_files(remote) == [] and s3.objects() == []
 
 
 def test_the_probe_writes_and_removes_one_object(s3: S3, tmp_path: Path) -> None:
