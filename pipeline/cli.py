@@ -171,12 +171,14 @@ def cli() -> None:
 
 
 class _OutLocation(click.Path):
-    """``--out``: a folder, as ``click.Path`` always took it, or an object store's URL
-    (``s3://bucket/prefix``), kept as canonical text."""
+    """``--out``: a folder, as ``click.Path`` always took it (``file:///path`` too), or an
+    object store's URL (``s3://bucket/prefix``), kept as canonical text."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and storage.is_remote(value):
             return storage.canonical_url(value)
+        if isinstance(value, str) and value[:7].lower() == "file://":
+            value = str(storage.file_url_path(value))
         return super().convert(value, param, ctx)
 
 

@@ -84,12 +84,17 @@ def open_store(out: str | Path, tmp_dir: Path | None = None) -> Store:
     if match is None:
         return LocalStore(Path(out))
     if match[1].lower() == "file":
-        parts = urlsplit(out)
-        if parts.netloc not in ("", "localhost"):
-            raise UsageError(f"--out {out}: a file:// URL names a local path (file:///path)")
-        return LocalStore(Path(unquote(parts.path)))
+        return LocalStore(file_url_path(out))
     url = canonical_url(out)
     return FsspecStore.open(url, tmp_dir if tmp_dir is not None else default_tmp_dir(url))
+
+
+def file_url_path(url: str) -> Path:
+    """The folder a ``file://`` URL names (``file:///srv/xhs`` → ``/srv/xhs``)."""
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise UsageError(f"--out {url}: a file:// URL names a local path (file:///path)")
+    return Path(unquote(parts.path))
 
 
 def canonical_url(url: str) -> str:

@@ -251,6 +251,21 @@ def test_an_endpoint_that_does_not_answer_is_one_line_and_exit_2(
     assert result.stderr.count("\n") == 1
 
 
+def test_a_file_url_is_the_folder_it_names(tmp_path: Path) -> None:
+    csv_path = write_ids(tmp_path / "ids.csv", [make_id(i, "file-url") for i in range(3)])
+    out = tmp_path / "out"
+    result = invoke(
+        [str(csv_path), "--out", f"file://{out}", *NEVER_CALLED, "--dry-run",
+         "--snapshot-date", SNAPSHOT]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (
+        result.stdout
+        == f"dry run: 3 ids would be called (snapshot {SNAPSHOT}, {out}); no call made\n"
+    )
+    assert (out / "_state").is_dir()
+
+
 # ------------------------------------------------------------------ no secret anywhere
 
 

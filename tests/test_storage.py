@@ -40,6 +40,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if kind == "local":
         yield open_store(tmp_path / "out")
     elif kind == "memory":
+        pytest.importorskip("fsspec", reason="fsspec is not installed (the s3 extra brings it)")
         root = f"memory://bucket-{secrets.token_hex(4)}/out"
         made = open_store(root, tmp_path / "staging")
         yield made
