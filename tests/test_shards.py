@@ -19,12 +19,13 @@ from click.testing import CliRunner
 
 from pipeline import assemble, runner, sink
 from pipeline.cli import Seams, cli
-from pipeline.config import RunConfig, Secret
+from pipeline.config import RunConfig
 from pipeline.errors import StateLockedError, UsageError
 from pipeline.records import InputRow
 from pipeline.shards import Shard, read_token_file, resolve_shard, shard_of, shard_token
 from pipeline.state import State
 from tests.helpers import QUICK_START, make_id, read_failures, write_ids
+from tests.test_runner import config_for as runner_config_for
 
 REPO = Path(__file__).resolve().parents[1]
 SNAPSHOT = "2026-11-28"
@@ -33,20 +34,13 @@ IDS = [make_id(i, "shards") for i in range(240)]
 
 
 def config_for(base_url: str, ids_csv: Path, out: Path, **overrides: Any) -> RunConfig:
-    options: dict[str, Any] = {
-        "input_path": ids_csv,
-        "out_dir": out,
-        "token": Secret("sandbox"),
-        "base_url": base_url,
-        "snapshot_date": DAY,
-        "concurrency": 8,
-        "max_attempts": 3,
-        "backoff_base": 0.001,
-        "backoff_cap": 0.001,
-        "batch_rows": 50,
-        **QUICK_START,
-    }
-    return RunConfig(**{**options, **overrides})
+    return runner_config_for(base_url, ids_csv, out, **{"batch_rows": 50, **overrides})
+
+
+def run_shards(base_url: str, ids_csv: Path, out: Path, count: int, **overrides: Any) -> None:
+    """Every shard of ``count``, one after the other, into ``out``."""
+    for k in range(count):
+        runner.run(config_for(base_url, ids_csv, out, shard=Shard(k, count), **overrides))
 
 
 def committed_rows(out: Path, table: str = "profiles") -> pl.DataFrame:
@@ -210,10 +204,7 @@ def test_the_next_days_changes_compare_the_whole_sharded_snapshot(sandbox, tmp_p
     csv_path = write_ids(tmp_path / "ids.csv", IDS[:60])
     out = tmp_path / "out"
     for day in (DAY, DAY + dt.timedelta(days=1)):
-        for k in range(2):
-            runner.run(
-                config_for(api.base_url, csv_path, out, shard=Shard(k, 2), snapshot_date=day)
-            )
+        run_shards(api.base_url, csv_path, out, 2, snapshot_date=day)
     manifest = sink.read_manifest(out, DAY + dt.timedelta(days=1))
     assert manifest is not None
     [entry] = manifest["tables"]["profile_changes"]
@@ -271,8 +262,7 @@ def test_two_shards_assembling_at_once_leave_one_manifest_and_one_changes_file(
     api = sandbox()
     csv_path = write_ids(tmp_path / "ids.csv", IDS[:80])
     out = tmp_path / "out"
-    for k in range(2):
-        runner.run(config_for(api.base_url, csv_path, out, shard=Shard(k, 2)))
+    run_shards(api.base_url, csv_path, out, 2)
     first = committed_rows(out)
     results: list[assemble.Assembly] = []
 
@@ -441,10 +431,7 @@ def test_the_changes_command_rebuilds_a_sharded_snapshot_without_a_state_of_its_
     out = tmp_path / "out"
     later = DAY + dt.timedelta(days=1)
     for day in (DAY, later):
-        for k in range(2):
-            runner.run(
-                config_for(api.base_url, csv_path, out, shard=Shard(k, 2), snapshot_date=day)
-            )
+        run_shards(api.base_url, csv_path, out, 2, snapshot_date=day)
     before = sink.read_manifest(out, later)
     assert before is not None
     args = ["changes", str(out), "--tier-bounds", "10,100,1000,10000,100000"]
