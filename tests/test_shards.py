@@ -25,6 +25,7 @@ from pipeline.records import InputRow
 from pipeline.shards import Shard, read_token_file, resolve_shard, shard_of, shard_token
 from pipeline.state import State
 from tests.helpers import QUICK_START, make_id, read_failures, write_ids
+from tests.test_run_report import VALIDATOR
 from tests.test_runner import config_for as runner_config_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -367,8 +368,12 @@ def test_the_cli_says_which_shards_the_snapshot_waits_for(sandbox, tmp_path: Pat
     assert outputs[1][-1] == "shard-0-of-3: done; the snapshot is committed when shard 1 is done"
     assert outputs[2][-1] == "shard-1-of-3: done, the last of 3: snapshot committed"
     summaries = [json.loads(p.read_text()) for p in (out / "_runs").glob("*.json")]
+    for each in summaries:
+        VALIDATOR.validate(each)
     [summary] = [s for s in summaries if s["shard"] == {"index": 1, "count": 3}]
     assert summary["shards"] == {"done": [0, 1, 2], "assembled": True}
+    [first] = [s for s in summaries if s["shard"] == {"index": 2, "count": 3}]
+    assert first["shards"] == {"done": [2], "assembled": False}
 
 
 def test_shard_options_are_checked_before_anything_is_written(tmp_path: Path) -> None:
