@@ -19,12 +19,14 @@ from click.testing import CliRunner
 
 from pipeline import assemble, runner, sink
 from pipeline.cli import Seams, cli
-from pipeline.config import RunConfig, Secret
+from pipeline.config import RunConfig
 from pipeline.errors import StateLockedError, UsageError
 from pipeline.records import InputRow
 from pipeline.shards import Shard, read_token_file, resolve_shard, shard_of, shard_token
 from pipeline.state import State
 from tests.helpers import QUICK_START, make_id, read_failures, write_ids
+from tests.test_run_report import VALIDATOR
+from tests.test_runner import config_for as runner_config_for
 
 REPO = Path(__file__).resolve().parents[1]
 SNAPSHOT = "2026-11-28"
@@ -33,20 +35,13 @@ IDS = [make_id(i, "shards") for i in range(240)]
 
 
 def config_for(base_url: str, ids_csv: Path, out: Path, **overrides: Any) -> RunConfig:
-    options: dict[str, Any] = {
-        "input_path": ids_csv,
-        "out_dir": out,
-        "token": Secret("sandbox"),
-        "base_url": base_url,
-        "snapshot_date": DAY,
-        "concurrency": 8,
-        "max_attempts": 3,
-        "backoff_base": 0.001,
-        "backoff_cap": 0.001,
-        "batch_rows": 50,
-        **QUICK_START,
-    }
-    return RunConfig(**{**options, **overrides})
+    return runner_config_for(base_url, ids_csv, out, **{"batch_rows": 50, **overrides})
+
+
+def run_shards(base_url: str, ids_csv: Path, out: Path, count: int, **overrides: Any) -> None:
+    """Every shard of ``count``, one after the other, into ``out``."""
+    for k in range(count):
+        runner.run(config_for(base_url, ids_csv, out, shard=Shard(k, count), **overrides))
 
 
 def committed_rows(out: Path, table: str = "profiles") -> pl.DataFrame:
@@ -210,10 +205,7 @@ def test_the_next_days_changes_compare_the_whole_sharded_snapshot(sandbox, tmp_p
     csv_path = write_ids(tmp_path / "ids.csv", IDS[:60])
     out = tmp_path / "out"
     for day in (DAY, DAY + dt.timedelta(days=1)):
-        for k in range(2):
-            runner.run(
-                config_for(api.base_url, csv_path, out, shard=Shard(k, 2), snapshot_date=day)
-            )
+        run_shards(api.base_url, csv_path, out, 2, snapshot_date=day)
     manifest = sink.read_manifest(out, DAY + dt.timedelta(days=1))
     assert manifest is not None
     [entry] = manifest["tables"]["profile_changes"]
@@ -271,8 +263,7 @@ def test_two_shards_assembling_at_once_leave_one_manifest_and_one_changes_file(
     api = sandbox()
     csv_path = write_ids(tmp_path / "ids.csv", IDS[:80])
     out = tmp_path / "out"
-    for k in range(2):
-        runner.run(config_for(api.base_url, csv_path, out, shard=Shard(k, 2)))
+    run_shards(api.base_url, csv_path, out, 2)
     first = committed_rows(out)
     results: list[assemble.Assembly] = []
 
@@ -377,8 +368,12 @@ def test_the_cli_says_which_shards_the_snapshot_waits_for(sandbox, tmp_path: Pat
     assert outputs[1][-1] == "shard-0-of-3: done; the snapshot is committed when shard 1 is done"
     assert outputs[2][-1] == "shard-1-of-3: done, the last of 3: snapshot committed"
     summaries = [json.loads(p.read_text()) for p in (out / "_runs").glob("*.json")]
+    for each in summaries:
+        VALIDATOR.validate(each)
     [summary] = [s for s in summaries if s["shard"] == {"index": 1, "count": 3}]
     assert summary["shards"] == {"done": [0, 1, 2], "assembled": True}
+    [first] = [s for s in summaries if s["shard"] == {"index": 2, "count": 3}]
+    assert first["shards"] == {"done": [2], "assembled": False}
 
 
 def test_shard_options_are_checked_before_anything_is_written(tmp_path: Path) -> None:
@@ -441,10 +436,7 @@ def test_the_changes_command_rebuilds_a_sharded_snapshot_without_a_state_of_its_
     out = tmp_path / "out"
     later = DAY + dt.timedelta(days=1)
     for day in (DAY, later):
-        for k in range(2):
-            runner.run(
-                config_for(api.base_url, csv_path, out, shard=Shard(k, 2), snapshot_date=day)
-            )
+        run_shards(api.base_url, csv_path, out, 2, snapshot_date=day)
     before = sink.read_manifest(out, later)
     assert before is not None
     args = ["changes", str(out), "--tier-bounds", "10,100,1000,10000,100000"]
