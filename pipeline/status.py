@@ -5,6 +5,9 @@ so it can run (from cron, a probe, a person) while a run is going on.  Per snaps
 file or a manifest): ids written, fetched, pending and failed (by code; permanent or transient),
 rejected input cells, whether it is complete (it has a manifest) and since when, the calls its
 runs spent and its last run, all from ``OUT/_state``, ``OUT/_manifests`` and ``OUT/_runs``.
+A remote OUT (``s3://...``) is read through its store, its checkpoints from the local state
+folder its runs used (``--state-dir``, else the cache folder named by the URL); a machine that
+never ran it has none, and the manifests and run summaries say what they can.
 ``check`` is a pure function of that record and the clock: an ok line, or a ``CheckFailed``.
 
 Reading the SQLite state beside a running writer (SQLite >= 3.22 reads WAL files read-only):
