@@ -490,7 +490,14 @@ def _fail(code: int, message: str, *, trace: str | None = None) -> NoReturn:
 @cli.command("sandbox")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True)
-@click.option("--token", default="sandbox", show_default=True, help="The one valid token.")
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    default=("sandbox",),
+    show_default=True,
+    help="A valid token; repeat it for several accounts (see --rate-scope).",
+)
 @click.option(
     "--latency",
     default="0",
@@ -499,6 +506,13 @@ def _fail(code: int, message: str, *, trace: str | None = None) -> NoReturn:
     help="Seconds per response, uniform between MIN and MAX.",
 )
 @click.option("--rate-limit", type=float, default=None, help="Requests/s before code 302.")
+@click.option(
+    "--rate-scope",
+    type=click.Choice(["server", "token"]),
+    default="server",
+    show_default=True,
+    help="server: one limit for all callers; token: each --token its own limit (and schedule).",
+)
 @click.option(
     "--rate-schedule",
     default=None,
@@ -554,10 +568,13 @@ def _fail(code: int, message: str, *, trace: str | None = None) -> NoReturn:
 def sandbox_command(host: str, port: int, **options: Any) -> None:
     """Serve a realistic fake of get-user/v4 (and v3) on HOST:PORT until Ctrl-C."""
     drift = _sandbox_drift(options)
+    first, *more = options["tokens"]
     config = SandboxConfig.from_options(
-        token=options["token"],
+        token=first,
+        tokens=tuple(more),
         latency=_latency(options["latency"]),
         rate_limit=options["rate_limit"],
+        rate_scope=options["rate_scope"],
         rate_schedule=options["rate_schedule"],
         capacity=options["capacity"],
         retry_after=options["retry_after"],
@@ -579,9 +596,11 @@ def sandbox_command(host: str, port: int, **options: Any) -> None:
         )
         for line in plan.describe():
             click.echo(f"  {line}", err=True)
-    click.echo(
-        f"sandbox API on http://{host}:{port} (token {config.token!r}); Ctrl-C stops it", err=True
-    )
+    valid = config.valid_tokens
+    tokens = f"token {valid[0]!r}" if len(valid) == 1 else f"tokens {', '.join(map(repr, valid))}"
+    if config.rate_limit is not None or config.rate_schedule:
+        tokens += "; a rate limit per token" if config.rate_scope == "token" else ""
+    click.echo(f"sandbox API on http://{host}:{port} ({tokens}); Ctrl-C stops it", err=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how this command is meant to end
         asyncio.run(serve(config, host, port))
 
