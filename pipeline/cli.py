@@ -27,7 +27,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import click
 import httpx
 
-from pipeline import changes, runner, schema, sink, status
+from pipeline import changes, cluster, runner, schema, sink, status
 from pipeline.config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -58,6 +58,7 @@ from pipeline.run_report import Outcome, RunReport
 from pipeline.sandbox import DriftPlan, Sandbox, SandboxConfig, drift_config_for, serve
 from pipeline.sandbox.drift import parse_date
 from pipeline.schema import DEFAULT_TIERS
+from pipeline.shards import MAX_SHARDS, Shard, shard_token
 from pipeline.timestamps import utcnow
 
 # click's ``\b`` keeps the lines as they are instead of rewrapping them into one paragraph.
@@ -282,6 +283,21 @@ def cli() -> None:
     is_flag=True,
     help="Run against the built-in sandbox API on 127.0.0.1 (no real calls).",
 )
+@click.option(
+    "--shard-count",
+    type=click.IntRange(min=1, max=MAX_SHARDS),
+    default=None,
+    metavar="N",
+    help="Split the ids into N shards (blake2b of the id, mod N); with --dask, one task each.",
+)
+@click.option(
+    "--dask",
+    "dask_address",
+    default=None,
+    metavar="SCHEDULER",
+    help="Run the --shard-count shards as tasks on this Dask scheduler (tcp://host:8786); "
+    "shard K's token from JUSTONEAPI_TOKEN_K. Needs the dask extra.",
+)
 @_debug_option("Debug logging (tokens masked) and tracebacks.")
 @click.pass_obj
 def run_command(obj: Seams | None, /, **options: Any) -> None:
@@ -292,6 +308,13 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
     click.get_current_context().meta[_EVENTS] = events
     seams = obj or Seams()
     display = _display(options.pop("progress_mode"), options.pop("no_progress"), json_logs)
+    dask_address, shard_count = options.pop("dask_address"), options.pop("shard_count")
+    if dask_address is not None:
+        with _configure_logging(debug, events if json_logs else None):
+            _run_on_dask(dask_address, shard_count, options, seams, events, json_logs)
+        return
+    if shard_count is not None:
+        raise UsageError("--shard-count without --dask is not supported yet")
     with _configure_logging(debug, events if json_logs else None):
         if options.pop("use_sandbox"):
             snapshot = options["snapshot_date"]
@@ -320,6 +343,60 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
         raise Interrupted()
     if report.failure_check is not None and report.failure_check.exceeded:
         raise FailureThresholdExceeded(report.failure_check.message())
+
+
+def _run_on_dask(
+    address: str,
+    shard_count: int | None,
+    options: dict[str, Any],
+    seams: Seams,
+    events: EventLog,
+    json_logs: bool,
+) -> None:
+    """``--dask``: one config per shard (each with its own token) → ``cluster.run_on_dask``."""
+    if shard_count is None:
+        raise UsageError("--dask needs --shard-count N (one task per shard; N = your accounts)")
+    if options["use_sandbox"]:
+        raise UsageError(
+            "--sandbox cannot go with --dask (the workers may not reach this machine's "
+            "127.0.0.1): start `xhs-profiles sandbox --host HOST` and give --base-url"
+        )
+    if options["dry_run"]:
+        raise UsageError("--dry-run cannot go with --dask: run it without --dask")
+    cluster.import_distributed()  # before anything else: without the extra, one line says so
+    configs = []
+    for index in range(shard_count):
+        shard = Shard(index, shard_count)
+        token = shard_token(shard, os.environ, None, options["token"])
+        if not token:
+            raise UsageError(f"no API token for {shard.label}: set {TOKEN_ENV}_{index}")
+        config = _make_config({**options, "token": token}, sandbox=False)
+        configs.append(dataclasses.replace(config, shard=shard, **seams.config_overrides))
+    events.bind(snapshot_date=configs[0].snapshot_date, secret=None)
+    tokens = len({config.token for config in configs})
+    if tokens < len(configs):
+        _notice(
+            events,
+            json_logs,
+            f"{len(configs)} shards share {tokens} token{'s' * (tokens != 1)}: shards on one "
+            f"token share its rate limit (set {TOKEN_ENV}_<K> for each shard K)",
+        )
+    result = cluster.run_on_dask(
+        address, configs, on_shard=lambda shard: _notice(events, json_logs, shard.line())
+    )
+    for line in result.lines():
+        click.echo(line)
+    error = result.error()
+    if error is not None:
+        raise error
+
+
+def _notice(events: EventLog, json_logs: bool, text: str) -> None:
+    """A line for the user on stderr (a ``log`` event with --log-format json)."""
+    if json_logs:
+        events.log(text)
+    else:
+        click.echo(text, err=True)
 
 
 def _drifting_sandbox(
