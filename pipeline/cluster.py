@@ -423,6 +423,8 @@ def _result_of(client: Any, future: Any, config: RunConfig, allowed: int | None)
         return ShardResult(shard, key, EXIT_UNEXPECTED, message, attempts=attempts, lost=True)
     text = mask(" ".join(str(error).split()), secret)
     message = f"unexpected error on the worker: {name}: {text}"
+    if name == "ModuleNotFoundError":
+        message += " (install xhs-profiles on every worker)"
     return ShardResult(shard, key, EXIT_UNEXPECTED, message, attempts=attempts)
 
 
