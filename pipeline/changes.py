@@ -29,6 +29,8 @@ Rules:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,6 +349,25 @@ def write(
     state transaction, so a kill at any point leaves one or the other (and an orphan the next
     run removes).
     """
+    parts = {t: [p.path for p in state.parts(t)] for t in _READ}
+    frame = compute_for(out_dir, snapshot_date, parts, baseline_date=baseline_date, tiers=tiers)
+    old = state.parts(PROFILE_CHANGES.name)
+    part = sink.write_part(out_dir, PROFILE_CHANGES, snapshot_date, frame)
+    state.replace_parts(old, [part])
+    sink.delete_parts(out_dir, old)
+    return part
+
+
+def compute_for(
+    out_dir: Path,
+    snapshot_date: dt.date,
+    parts: Mapping[str, Sequence[str]],
+    *,
+    baseline_date: dt.date | None = None,
+    tiers: Tiers = DEFAULT_TIERS,
+) -> pl.DataFrame:
+    """The changes of the snapshot made of ``parts`` (paths relative to OUT, by table) against
+    ``baseline_date`` (default: the latest earlier complete snapshot), with its history."""
     earlier = [d for d in sink.manifest_dates(out_dir) if d < snapshot_date]
     if baseline_date is None and earlier:
         baseline_date = earlier[-1]
@@ -356,7 +377,6 @@ def write(
         if manifest is None:
             raise UsageError(f"no complete snapshot {baseline_date} in {out_dir} to compare with")
         baseline = _files_of(out_dir, baseline_date, _manifest_parts(manifest))
-    later = _files_of(out_dir, snapshot_date, {t: [p.path for p in state.parts(t)] for t in _READ})
     history = [
         out_dir / path
         for day in earlier[-HISTORY_SNAPSHOTS:]
@@ -364,12 +384,7 @@ def write(
             PROFILE_CHANGES.name, []
         )
     ]
-    frame = compute(later, baseline, history, tiers=tiers)
-    old = state.parts(PROFILE_CHANGES.name)
-    part = sink.write_part(out_dir, PROFILE_CHANGES, snapshot_date, frame)
-    state.replace_parts(old, [part])
-    sink.delete_parts(out_dir, old)
-    return part
+    return compute(_files_of(out_dir, snapshot_date, parts), baseline, history, tiers=tiers)
 
 
 _READ: Final = ("profiles", "profile_tags", "profile_interactions")
@@ -400,13 +415,50 @@ def rebuild(
         raise UsageError(f"snapshot {day} in {out_dir} is not complete (no manifest)")
     if baseline_date is not None and baseline_date >= day:
         raise UsageError(f"--from {baseline_date} must be before --to {day}")
-    with State.open(out_dir, day) as state:
-        part = write(state, out_dir, day, baseline_date=baseline_date, tiers=tiers)
-        sink.rewrite_manifest(out_dir, day, state.parts())
+    manifest = sink.read_manifest(out_dir, day) or {}
+    if sink.read_shard_manifests(out_dir, day):
+        part = _rewrite_sharded(out_dir, day, manifest, baseline_date, tiers)
+    else:
+        with State.open(out_dir, day) as state:
+            part = write(state, out_dir, day, baseline_date=baseline_date, tiers=tiers)
+            sink.rewrite_manifest(out_dir, day, state.parts())
     earlier = [d for d in complete if d < day]
     baseline = baseline_date or (earlier[-1] if earlier else None)
     flags = pl.scan_parquet(out_dir / part.path).select(pl.col("flags").list.len() > 0).sum()
     return Rebuilt(day, baseline, part, int(flags.collect().item()))
+
+
+def _rewrite_sharded(
+    out_dir: Path,
+    day: dt.date,
+    manifest: Mapping[str, Any],
+    baseline_date: dt.date | None,
+    tiers: Tiers,
+) -> Part:
+    """A sharded snapshot has no one state to record the new file in: its manifest lists it.
+    The name is a hash of what the rows depend on, so a rerun writes the same file."""
+    listed = _manifest_parts(manifest)
+    frame = compute_for(out_dir, day, listed, baseline_date=baseline_date, tiers=tiers)
+    key = hashlib.sha256(
+        json.dumps([listed, str(baseline_date), [list(t) for t in tiers]]).encode()
+    ).hexdigest()[:16]
+    name = f"part-snapshot-{key}.parquet"
+    part = sink.write_part(out_dir, PROFILE_CHANGES, day, frame, name=name)
+    old = [
+        Part(PROFILE_CHANGES.name, path, 0)
+        for path in listed.get(PROFILE_CHANGES.name, [])
+        if path != part.path
+    ]
+    rows = manifest.get("tables", {})
+    kept = [
+        Part(table, entry["path"], int(entry["rows"]))
+        for table, entries in rows.items()
+        if table != PROFILE_CHANGES.name
+        for entry in entries
+    ]
+    sink.rewrite_manifest(out_dir, day, [*kept, part])
+    sink.delete_parts(out_dir, old)
+    return part
 
 
 def parse_tier_bounds(text: str) -> Tiers:

@@ -58,7 +58,7 @@ from pipeline.run_report import Outcome, RunReport
 from pipeline.sandbox import DriftPlan, Sandbox, SandboxConfig, drift_config_for, serve
 from pipeline.sandbox.drift import parse_date
 from pipeline.schema import DEFAULT_TIERS
-from pipeline.shards import MAX_SHARDS, Shard, shard_token
+from pipeline.shards import INDEX_ENV, MAX_SHARDS, Shard, resolve_shard, shard_token
 from pipeline.timestamps import utcnow
 
 # click's ``\b`` keeps the lines as they are instead of rewrapping them into one paragraph.
@@ -278,17 +278,37 @@ def cli() -> None:
     help="json: every stderr line is one JSON object (events, progress, summary, errors).",
 )
 @click.option(
-    "--sandbox",
-    "use_sandbox",
-    is_flag=True,
-    help="Run against the built-in sandbox API on 127.0.0.1 (no real calls).",
+    "--shard-index",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="K",
+    help=f"Fetch only shard K's ids (0-based; default ${INDEX_ENV}, as Kubernetes sets it).",
 )
 @click.option(
     "--shard-count",
     type=click.IntRange(min=1, max=MAX_SHARDS),
     default=None,
     metavar="N",
-    help="Split the ids into N shards (blake2b of the id, mod N); with --dask, one task each.",
+    help="Split the ids into N shards by a stable hash; the last shard to finish commits.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Read the API token from this file's first line (a shard's JUSTONEAPI_TOKEN_<K> "
+    "comes first).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where the checkpoint (SQLite) and its lock live. Default: OUT/_state.",
+)
+@click.option(
+    "--sandbox",
+    "use_sandbox",
+    is_flag=True,
+    help="Run against the built-in sandbox API on 127.0.0.1 (no real calls).",
 )
 @click.option(
     "--dask",
@@ -308,13 +328,11 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
     click.get_current_context().meta[_EVENTS] = events
     seams = obj or Seams()
     display = _display(options.pop("progress_mode"), options.pop("no_progress"), json_logs)
-    dask_address, shard_count = options.pop("dask_address"), options.pop("shard_count")
+    dask_address = options.pop("dask_address")
     if dask_address is not None:
         with _configure_logging(debug, events if json_logs else None):
-            _run_on_dask(dask_address, shard_count, options, seams, events, json_logs)
+            _run_on_dask(dask_address, options, seams, events, json_logs)
         return
-    if shard_count is not None:
-        raise UsageError("--shard-count without --dask is not supported yet")
     with _configure_logging(debug, events if json_logs else None):
         if options.pop("use_sandbox"):
             snapshot = options["snapshot_date"]
@@ -347,15 +365,17 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
 
 def _run_on_dask(
     address: str,
-    shard_count: int | None,
     options: dict[str, Any],
     seams: Seams,
     events: EventLog,
     json_logs: bool,
 ) -> None:
     """``--dask``: one config per shard (each with its own token) → ``cluster.run_on_dask``."""
+    shard_count = options["shard_count"]
     if shard_count is None:
         raise UsageError("--dask needs --shard-count N (one task per shard; N = your accounts)")
+    if options["shard_index"] is not None:
+        raise UsageError("--dask runs every shard: give --shard-count, not --shard-index")
     if options["use_sandbox"]:
         raise UsageError(
             "--sandbox cannot go with --dask (the workers may not reach this machine's "
@@ -367,11 +387,10 @@ def _run_on_dask(
     configs = []
     for index in range(shard_count):
         shard = Shard(index, shard_count)
-        token = shard_token(shard, os.environ, None, options["token"])
-        if not token:
+        if not shard_token(shard, os.environ, options["token_file"], options["token"]):
             raise UsageError(f"no API token for {shard.label}: set {TOKEN_ENV}_{index}")
-        config = _make_config({**options, "token": token}, sandbox=False)
-        configs.append(dataclasses.replace(config, shard=shard, **seams.config_overrides))
+        config = _make_config({**options, "shard_index": index}, sandbox=False)
+        configs.append(dataclasses.replace(config, **seams.config_overrides))
     events.bind(snapshot_date=configs[0].snapshot_date, secret=None)
     tokens = len({config.token for config in configs})
     if tokens < len(configs):
@@ -466,10 +485,14 @@ def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
     extra: dict[str, Any] = {}
     if snapshot is not None:
         extra["snapshot_date"] = parse_snapshot_date(snapshot)
+    shard = resolve_shard(options["shard_index"], options["shard_count"], os.environ)
+    token = options["token"]
+    if not sandbox:
+        token = shard_token(shard, os.environ, options["token_file"], token)
     return RunConfig(
         input_path=options["input_csv"],
         out_dir=options["out_dir"],
-        token=Secret(options["token"] or ""),
+        token=Secret(token or ""),
         base_url=validate_base_url(base_url or DEFAULT_BASE_URL),
         api_version=options["api_version"],
         id_column=options["id_column"],
@@ -483,6 +506,8 @@ def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
         dry_run=options["dry_run"],
         batch_rows=options["batch_rows"],
         sandbox=sandbox,
+        shard=shard,
+        state_dir=options["state_dir"],
         **extra,
     )
 
@@ -495,8 +520,9 @@ def _print_report(report: RunReport) -> None:
         )
         return
     snap, req = report.snapshot, report.requests
+    of_shard = f", {report.config.shard.label}" if report.config.shard is not None else ""
     click.echo(
-        f"snapshot {report.snapshot_date.isoformat()}: {snap.written:,} profiles, "
+        f"snapshot {report.snapshot_date.isoformat()}{of_shard}: {snap.written:,} profiles, "
         f"{snap.failures:,} failed, {snap.pending:,} pending"
     )
     click.echo(
@@ -507,6 +533,18 @@ def _print_report(report: RunReport) -> None:
     click.echo(
         f"output: {report.out}  (failures: {report.failures_file}, {rows:,} row{'s' * (rows != 1)})"
     )
+    shard = report.config.shard
+    if shard is not None and report.complete:
+        if report.assembled:
+            click.echo(f"{shard.label}: done, the last of {shard.count}: snapshot committed")
+        else:
+            waiting = [str(k) for k in range(shard.count) if k not in report.shards_done]
+            which = (
+                f"shard {waiting[0]} is"
+                if len(waiting) == 1
+                else f"shards {', '.join(waiting)} are"
+            )
+            click.echo(f"{shard.label}: done; the snapshot is committed when {which} done")
 
 
 @contextlib.contextmanager

@@ -171,6 +171,13 @@ class ShardResult:
         return not bool(self.summary.get("input", {}).get("ingested", True))
 
     @property
+    def assembled(self) -> bool:
+        """This shard finished last and wrote the snapshot's manifest and ``_SUCCESS``."""
+        if self.summary is None:
+            return False
+        return bool(self.summary.get("shards", {}).get("assembled", False))
+
+    @property
     def retried(self) -> bool:
         return self.attempts is not None and self.attempts > 1
 
@@ -196,6 +203,8 @@ class ShardResult:
         if self.resumed:
             pending = self.summary.get("pending_at_start", 0) if self.summary else 0
             notes.append(f"resumed from its checkpoint ({pending:,} ids left)")
+        if self.assembled:
+            notes.append("the last to finish: committed the snapshot")
         if self.worker:
             notes.append(f"on {self.worker}")
         if self.message:
@@ -281,6 +290,8 @@ class ClusterResult:
             f"exit {self.exit_code}"
         )
         req, snap = self.requests, self.snapshot
+        last = next((s.shard.label for s in self.shards if s.assembled), None)
+        committed = f"  (snapshot committed by {last})" if last else "  (snapshot not committed)"
         return [
             head,
             *(f"  {shard.line()}" for shard in self.shards),
@@ -289,7 +300,7 @@ class ClusterResult:
             f"these runs: {req['calls']:,} calls, {req['fetched']:,} fetched, "
             f"{req['failed']:,} failed, {req['retried']:,} retried, "
             f"{req['rate_limited']:,} rate-limited, {self.duration_s:.1f} s",
-            f"output: {self.out_dir}",
+            f"output: {self.out_dir}{committed}",
         ]
 
     def to_json(self) -> dict[str, Any]:
@@ -313,6 +324,7 @@ class ClusterResult:
                     "attempts": s.attempts,
                     "retried": s.retried,
                     "resumed": s.resumed,
+                    "assembled": s.assembled,
                     "summary": None if s.summary is None else dict(s.summary),
                 }
                 for s in self.shards

@@ -7,12 +7,14 @@ production) the check is one comparison with None.
 Points: after_response (a paid answer is in memory, not yet stored), after_store (committed to
 the state), mid_part_write (a Parquet temp file half written), after_part_rename (a part is in
 place but the state does not know it), mid_failures_write (failures.csv temp half written),
-after_compact_swap (the state swapped parts, old files not yet deleted), before_manifest.
+after_compact_swap (the state swapped parts, old files not yet deleted), before_manifest,
+mid_assembly (the last shard wrote the snapshot's changes file and failures.csv, not yet its
+manifest).
 
 Where they are: after_response and after_store in ``fetcher`` around ``record_success``;
 mid_part_write and mid_failures_write in ``sink`` once the bytes are in the temp file (neither
 fsynced nor renamed yet); after_part_rename, after_compact_swap and before_manifest in
-``runner``.
+``runner``; mid_assembly in ``assemble``.
 
 A point given the ``half_written`` file it is writing flushes it and cuts it to half its size
 before dying, so the temp file left behind is torn as a kill during a slow write would leave
@@ -34,6 +36,7 @@ POINTS: Final = (
     "mid_failures_write",
     "after_compact_swap",
     "before_manifest",
+    "mid_assembly",
 )
 
 

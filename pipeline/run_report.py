@@ -200,6 +200,10 @@ class RunReport:
     duration_s: float = 0.0
     failure_check: FailureCheck | None = None  # judged once the snapshot is complete
     summary_file: str = ""  # the _runs/*.json this report was written to, relative to --out
+    # A shard's run: the shards whose manifests it found when it finished, and whether it was
+    # the one that put the snapshot together (wrote its manifest and _SUCCESS).
+    shards_done: tuple[int, ...] = ()
+    assembled: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -240,6 +244,8 @@ class RunReport:
                 "batch_rows": config.batch_rows,
             },
         }
+        if config.shard is not None:
+            head["shard"] = {"index": config.shard.index, "count": config.shard.count}
         if self.outcome is Outcome.DRY_RUN:
             return {
                 **head,
@@ -264,7 +270,12 @@ class RunReport:
             "duration_s": self.duration_s,
             "failure_check": None if self.failure_check is None else self.failure_check.to_json(),
             "exit_code": self.exit_code,
-        }
+        } | self._shards_json()
+
+    def _shards_json(self) -> dict[str, Any]:
+        if self.config.shard is None or not self.complete:
+            return {}
+        return {"shards": {"done": list(self.shards_done), "assembled": self.assembled}}
 
 
 def outcome_of(stopped_by: StopRun | None, *, interrupted: bool, complete: bool) -> Outcome:

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import re
 import secrets
 import signal
 import tempfile
@@ -36,6 +37,7 @@ from typing import Any, Final
 import httpx
 
 from pipeline import changes, sink
+from pipeline.assemble import assemble
 from pipeline.client import ProfileClient
 from pipeline.config import TOOL_VERSION, RunConfig
 from pipeline.crashpoints import crash_point
@@ -59,7 +61,8 @@ from pipeline.run_report import (
     outcome_of,
 )
 from pipeline.schema import TABLES
-from pipeline.state import State
+from pipeline.shards import Shard
+from pipeline.state import STATE_DIR, State, state_file_name
 from pipeline.timestamps import utcnow
 from pipeline.transport import env_proxy, make_transport
 
@@ -89,13 +92,16 @@ def run(
     events.bind(snapshot_date=config.snapshot_date, secret=None if config.sandbox else config.token)
     id_file = open_id_file(config.input_path, config.id_column)
     _check_out_dir(config.out_dir)
-    with State.open(config.out_dir, config.snapshot_date) as state:
+    _check_shard_layout(config)
+    with State.open(
+        config.out_dir, config.snapshot_date, shard=config.shard, state_dir=config.state_dir
+    ) as state:
         report = RunReport(
             run_id=run_id or events.run_id or new_run_id(),
             tool_version=TOOL_VERSION,
             started_at=started_at,
             config=config,
-            input=_ingest(state, id_file),
+            input=_ingest(state, id_file, config.shard),
             outcome=Outcome.DRY_RUN,
         )
         if config.dry_run:
@@ -109,7 +115,7 @@ def run(
         _recover(state, config)
         pending = state.pending_count()
         report = dataclasses.replace(report, requeued_failures=requeued, pending_at_start=pending)
-        sink.clear_success(config.out_dir, config.snapshot_date)
+        sink.clear_success(config.out_dir, config.snapshot_date, shard=config.shard)
         limiter = RateController(
             config.rate,
             max_in_flight=config.concurrency,
@@ -170,11 +176,11 @@ def _finish(
     _compact(state, config)
     _ensure_every_table_has_a_file(state, config)
     failures_path, failures_rows = sink.write_failures(
-        config.out_dir, config.snapshot_date, state.iter_failures()
+        config.out_dir, config.snapshot_date, state.iter_failures(), shard=config.shard
     )
     counts = state.counts()
     complete = counts["pending"] == 0 and outcome.stopped_by is None
-    if complete:
+    if complete and config.shard is None:
         changes.write(state, config.out_dir, config.snapshot_date)
     permanent, transient = state.failure_kinds()
     snapshot = SnapshotCounts(
@@ -200,14 +206,35 @@ def _finish(
         duration_s=round(time.monotonic() - started, 3),
         failure_check=_failure_check(config, snapshot) if complete else None,
     )
-    summary = report.to_json()
-    if complete:
+    if complete and config.shard is not None:
+        report = _assemble(state, config, report, failures_rows)
+    elif complete:
         crash_point("before_manifest")
         sink.write_manifest(
-            config.out_dir, config.snapshot_date, state.parts(), failures_rows, summary
+            config.out_dir, config.snapshot_date, state.parts(), failures_rows, report.to_json()
         )
-    path = sink.write_run_summary(config.out_dir, report.run_id, summary)
+    path = sink.write_run_summary(
+        config.out_dir, report.run_id, report.to_json(), shard=config.shard
+    )
     return dataclasses.replace(report, summary_file=path.relative_to(config.out_dir).as_posix())
+
+
+def _assemble(state: State, config: RunConfig, report: RunReport, failures_rows: int) -> RunReport:
+    """A shard with all its ids done: its manifest, then the snapshot's if it is the last."""
+    assert config.shard is not None
+    crash_point("before_manifest")
+    sink.write_shard_manifest(
+        config.out_dir,
+        config.snapshot_date,
+        config.shard,
+        state.parts(),
+        failures_rows,
+        report.to_json(),
+    )
+    assembly = assemble(config.out_dir, config.snapshot_date, config.shard)
+    return dataclasses.replace(
+        report, shards_done=assembly.done, assembled=assembly.manifest is not None
+    )
 
 
 def _failure_check(config: RunConfig, snapshot: SnapshotCounts) -> FailureCheck:
@@ -320,8 +347,10 @@ def _stop_on_signals(request_stop: Callable[[], None]) -> Iterator[None]:
                 loop.remove_signal_handler(sig)
 
 
-def _ingest(state: State, id_file: IdFile) -> InputSummary:
+def _ingest(state: State, id_file: IdFile, shard: Shard | None) -> InputSummary:
     key = f"{id_file.fingerprint}:{id_file.column or ''}"
+    if shard is not None:
+        key += f":{shard.label}"
     summary = InputSummary(
         path=str(id_file.path),
         encoding=id_file.encoding,
@@ -330,7 +359,7 @@ def _ingest(state: State, id_file: IdFile) -> InputSummary:
     )
     if state.input_fingerprint() == key:
         return summary
-    ingested = state.ingest(id_file, key)
+    ingested = state.ingest(shard.rows(id_file) if shard is not None else id_file, key)
     counts = IngestCounts(
         rows=ingested.rows,
         valid=ingested.valid,
@@ -345,14 +374,14 @@ def _ingest(state: State, id_file: IdFile) -> InputSummary:
 def _recover(state: State, config: RunConfig) -> None:
     """Undo what a crash left half done: orphan parts out, stored bodies flushed again."""
     known = {part.path for part in state.parts()}
-    sink.remove_orphans(config.out_dir, config.snapshot_date, known)
+    sink.remove_orphans(config.out_dir, config.snapshot_date, known, shard=config.shard)
     _flush(state, config, everything=True)
 
 
 def _flush(state: State, config: RunConfig, *, everything: bool = False) -> None:
     while batch := state.fetched_batch(config.batch_rows):
         parts = [
-            sink.write_part(config.out_dir, table, config.snapshot_date, frame)
+            sink.write_part(config.out_dir, table, config.snapshot_date, frame, shard=config.shard)
             for table, frame in flatten(batch).by_table()
             if frame.height
         ]
@@ -365,7 +394,9 @@ def _flush(state: State, config: RunConfig, *, everything: bool = False) -> None
 def _compact(state: State, config: RunConfig) -> None:
     for table in TABLES:
         for group in sink.plan_compaction(state.parts(table.name), table.compact_rows):
-            merged = sink.compact(config.out_dir, table, config.snapshot_date, group)
+            merged = sink.compact(
+                config.out_dir, table, config.snapshot_date, group, shard=config.shard
+            )
             state.replace_parts(group, [merged])
             crash_point("after_compact_swap")
             sink.delete_parts(config.out_dir, group)
@@ -375,8 +406,48 @@ def _ensure_every_table_has_a_file(state: State, config: RunConfig) -> None:
     """A table with no rows still gets one empty, typed file, so readers' globs always match."""
     for table, frame in flatten([]).by_table():
         if not state.parts(table.name):
-            part = sink.write_part(config.out_dir, table, config.snapshot_date, frame)
+            part = sink.write_part(
+                config.out_dir, table, config.snapshot_date, frame, shard=config.shard
+            )
             state.mark_written([], [part])
+
+
+def _check_shard_layout(config: RunConfig) -> None:
+    """One snapshot is written by one unsharded run or by N shards, never by a mix: an
+    unsharded run would take the shards' parts for orphans, and shards of another count would
+    own other ids (each would be fetched again)."""
+    state_dir = config.state_dir or config.out_dir / STATE_DIR
+    day = config.snapshot_date
+    counts = {s.count for s in sink.read_shard_manifests(config.out_dir, day)}
+    counts |= {
+        int(m.group(1))
+        for p in state_dir.glob(f"dt={day.isoformat()}.shard-*-of-*.sqlite")
+        if (m := _SHARD_STATE.fullmatch(p.name))
+    }
+    unsharded = (state_dir / state_file_name(day)).exists()
+    wanted = config.shard.count if config.shard is not None else None
+    if config.shard is None and counts:
+        raise UsageError(
+            f"snapshot {day} in {config.out_dir} is written by {_shards(counts)}: "
+            f"run with --shard-count {max(counts)} and a --shard-index, or use another --out"
+        )
+    if config.shard is not None and unsharded:
+        raise UsageError(
+            f"snapshot {day} in {config.out_dir} is written by an unsharded run: run it without "
+            "--shard-count, or use another --out or --snapshot-date"
+        )
+    if wanted is not None and counts - {wanted}:
+        raise UsageError(
+            f"snapshot {day} in {config.out_dir} is written by {_shards(counts - {wanted})}, "
+            f"not {wanted}: keep the shard count of a snapshot, or use another --out"
+        )
+
+
+def _shards(counts: set[int]) -> str:
+    return " and ".join(f"{n} shards" for n in sorted(counts))
+
+
+_SHARD_STATE: Final = re.compile(r"dt=\d{4}-\d{2}-\d{2}\.shard-\d+-of-(\d+)\.sqlite")
 
 
 def _check_out_dir(out_dir: Path) -> None:

@@ -9,6 +9,12 @@ Layout::
     OUT/_runs/<UTC start>-<run id>.json                    one summary per run
     OUT/_tmp/                                              temporary files, and only there
 
+A shard (``--shard-index K --shard-count N``) names its parts ``part-shard-K-of-N-...``, keeps
+its temporary files in ``OUT/_tmp/shard-K-of-N/`` and, when its ids are done, writes
+``OUT/_shards/dt=YYYY-MM-DD/failures.shard-K-of-N.csv`` and ``manifest.shard-K-of-N.json``;
+the snapshot's manifest, failures.csv and ``_SUCCESS`` come once every shard is done
+(``assemble``).  A shard removes only its own orphans and temporary files.
+
 Rules it follows:
 
 - Every file is written in ``OUT/_tmp`` (never in a partition folder, which readers scan),
@@ -43,9 +49,10 @@ import pyarrow.parquet as pq
 
 from pipeline.config import TOOL_VERSION
 from pipeline.crashpoints import crash_point
-from pipeline.errors import StorageError
+from pipeline.errors import StorageError, XhsProfilesError
 from pipeline.records import Failure, Part
 from pipeline.schema import FAILURE_COLUMNS, TABLES, TABLES_BY_NAME, Table
+from pipeline.shards import Shard
 from pipeline.timestamps import iso_utc, utcnow
 
 # mimalloc, pyarrow's default pool, keeps what compaction reads (one part at a time) instead of
@@ -60,6 +67,7 @@ FAILURES_DIR: Final = "failures"
 FAILURES_FILE: Final = "failures.csv"
 MANIFESTS_DIR: Final = "_manifests"
 RUNS_DIR: Final = "_runs"
+SHARDS_DIR: Final = "_shards"
 SUCCESS_FILE: Final = "_SUCCESS"
 MANIFEST_VERSION: Final = 1
 _FORMULA_PREFIXES: Final = ("=", "+", "-", "@", "\t", "\r")
@@ -83,6 +91,23 @@ def manifest_path(out_dir: Path, snapshot_date: dt.date) -> Path:
     return out_dir / MANIFESTS_DIR / f"dt={snapshot_date.isoformat()}.json"
 
 
+def shards_dir(out_dir: Path, snapshot_date: dt.date) -> Path:
+    return out_dir / SHARDS_DIR / f"dt={snapshot_date.isoformat()}"
+
+
+def shard_manifest_path(out_dir: Path, snapshot_date: dt.date, shard: Shard) -> Path:
+    return shards_dir(out_dir, snapshot_date) / f"manifest.{shard.label}.json"
+
+
+def shard_failures_path(out_dir: Path, snapshot_date: dt.date, shard: Shard) -> Path:
+    return shards_dir(out_dir, snapshot_date) / f"failures.{shard.label}.csv"
+
+
+def tmp_dir(out_dir: Path, shard: Shard | None = None) -> Path:
+    """Where temporary files go: ``OUT/_tmp``, a shard's own folder in it for a shard."""
+    return out_dir / TMP_DIR / shard.label if shard is not None else out_dir / TMP_DIR
+
+
 # ------------------------------------------------------------------------ Parquet parts
 
 
@@ -91,12 +116,26 @@ def arrow_schema(table: Table) -> pa.Schema:
     return pl.DataFrame(schema=table.schema).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
 
 
-def write_part(out_dir: Path, table: Table, snapshot_date: dt.date, frame: pl.DataFrame) -> Part:
-    """Write ``frame`` as a new part of ``table``; the caller records it in the state."""
+def write_part(
+    out_dir: Path,
+    table: Table,
+    snapshot_date: dt.date,
+    frame: pl.DataFrame,
+    *,
+    shard: Shard | None = None,
+    name: str | None = None,
+) -> Part:
+    """Write ``frame`` as a new part of ``table``; the caller records it in the state.
+
+    ``name`` gives the file a fixed name instead of a new one (the assembled snapshot's
+    changes: two shards assembling at once write the same file, not two)."""
     if frame.schema != table.schema:
         raise ValueError(f"frame does not match the {table.name} schema: {_diff(frame, table)}")
     data = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
-    final = _new_part_path(out_dir, table, snapshot_date)
+    if name is not None:
+        final = partition_dir(out_dir, table.name, snapshot_date) / name
+    else:
+        final = _new_part_path(out_dir, table, snapshot_date, shard)
 
     def write(handle: IO[bytes]) -> None:
         pq.write_table(
@@ -104,7 +143,7 @@ def write_part(out_dir: Path, table: Table, snapshot_date: dt.date, frame: pl.Da
         )
         crash_point("mid_part_write", half_written=handle)
 
-    _atomic_write(final, out_dir / TMP_DIR, write)
+    _atomic_write(final, tmp_dir(out_dir, shard), write)
     return Part(table.name, _relative(out_dir, final), frame.height)
 
 
@@ -134,34 +173,44 @@ def _diff(frame: pl.DataFrame, table: Table) -> str:
     return "; ".join(problems) or "columns out of order"
 
 
-def _new_part_path(out_dir: Path, table: Table, snapshot_date: dt.date) -> Path:
+def _new_part_path(
+    out_dir: Path, table: Table, snapshot_date: dt.date, shard: Shard | None = None
+) -> Path:
     folder = partition_dir(out_dir, table.name, snapshot_date)
     while True:
-        candidate = folder / f"part-{_PART_TOKEN}-{next(_part_seq):05d}.parquet"
+        candidate = folder / f"{_part_prefix(shard)}{_PART_TOKEN}-{next(_part_seq):05d}.parquet"
         if not candidate.exists():
             return candidate
 
 
-def remove_orphans(out_dir: Path, snapshot_date: dt.date, known: Collection[str]) -> list[str]:
+def _part_prefix(shard: Shard | None) -> str:
+    return f"part-{shard.label}-" if shard is not None else "part-"
+
+
+def remove_orphans(
+    out_dir: Path, snapshot_date: dt.date, known: Collection[str], *, shard: Shard | None = None
+) -> list[str]:
     """Delete the snapshot's parts the state does not record, and everything in OUT/_tmp.
 
-    Returns the removed paths, relative to OUT.
+    A shard looks only at its own: parts named for it and its folder in OUT/_tmp.  Returns the
+    removed paths, relative to OUT.
     """
     removed: list[str] = []
+    pattern = f"{_part_prefix(shard)}*.parquet" if shard is not None else "*.parquet"
     try:
         for table in TABLES:
             folder = partition_dir(out_dir, table.name, snapshot_date)
             if not folder.is_dir():
                 continue
             orphans = [
-                p for p in sorted(folder.glob("*.parquet")) if _relative(out_dir, p) not in known
+                p for p in sorted(folder.glob(pattern)) if _relative(out_dir, p) not in known
             ]
             for orphan in orphans:
                 orphan.unlink()
                 removed.append(_relative(out_dir, orphan))
             if orphans:
                 _fsync_dir(folder)
-        tmp = out_dir / TMP_DIR
+        tmp = tmp_dir(out_dir, shard)
         if tmp.is_dir():
             for leftover in sorted(tmp.iterdir()):
                 if leftover.is_dir() and not leftover.is_symlink():
@@ -195,13 +244,20 @@ def plan_compaction(parts: Sequence[Part], target_rows: int) -> list[list[Part]]
     return [group for group in groups if len(group) >= 2]
 
 
-def compact(out_dir: Path, table: Table, snapshot_date: dt.date, group: Sequence[Part]) -> Part:
+def compact(
+    out_dir: Path,
+    table: Table,
+    snapshot_date: dt.date,
+    group: Sequence[Part],
+    *,
+    shard: Shard | None = None,
+) -> Part:
     """Copy ``group``'s rows into one new part; the caller swaps them in the state
     (``State.replace_parts``), then calls ``delete_parts`` on the old ones."""
     if not group or any(p.table != table.name for p in group):
         raise ValueError(f"compact needs parts of {table.name}, got {[p.path for p in group]}")
     schema = arrow_schema(table)
-    final = _new_part_path(out_dir, table, snapshot_date)
+    final = _new_part_path(out_dir, table, snapshot_date, shard)
     rows = 0
 
     def write(handle: IO[bytes]) -> None:
@@ -213,7 +269,7 @@ def compact(out_dir: Path, table: Table, snapshot_date: dt.date, group: Sequence
                     writer.write_batch(batch)
                     rows += batch.num_rows
 
-    _atomic_write(final, out_dir / TMP_DIR, write)
+    _atomic_write(final, tmp_dir(out_dir, shard), write)
     return Part(table.name, _relative(out_dir, final), rows)
 
 
@@ -257,10 +313,19 @@ def delete_parts(out_dir: Path, parts: Sequence[Part]) -> None:
 
 
 def write_failures(
-    out_dir: Path, snapshot_date: dt.date, failures: Iterable[Failure]
+    out_dir: Path,
+    snapshot_date: dt.date,
+    failures: Iterable[Failure],
+    *,
+    shard: Shard | None = None,
 ) -> tuple[Path, int]:
-    """Rewrite the snapshot's failures.csv from ``failures`` (header only when there are none)."""
-    final = failures_path(out_dir, snapshot_date)
+    """Rewrite the snapshot's failures.csv from ``failures`` (header only when there are none);
+    a shard's own failures file for a shard."""
+    final = (
+        shard_failures_path(out_dir, snapshot_date, shard)
+        if shard is not None
+        else failures_path(out_dir, snapshot_date)
+    )
     rows = 0
 
     def write(handle: IO[bytes]) -> None:
@@ -283,7 +348,7 @@ def write_failures(
             handle.write(("\n".join(lines) + "\n").encode())
         crash_point("mid_failures_write", half_written=handle)
 
-    _atomic_write(final, out_dir / TMP_DIR, write)
+    _atomic_write(final, tmp_dir(out_dir, shard), write)
     return final, rows
 
 
@@ -306,8 +371,95 @@ def write_manifest(
     parts: Sequence[Part],
     failures_rows: int,
     summary: Mapping[str, object],
+    *,
+    shard: Shard | None = None,
 ) -> Path:
-    """Write the manifest (the files that make the snapshot), then the ``_SUCCESS`` markers."""
+    """Write the manifest (the files that make the snapshot), then the ``_SUCCESS`` markers.
+
+    From the last shard to finish (``shard``) it is the snapshot's manifest all the same; its
+    temporary files go to the shard's own folder."""
+    payload = _manifest(out_dir, snapshot_date, parts, failures_rows, summary)
+    payload["failures"] = {
+        "path": _relative(out_dir, failures_path(out_dir, snapshot_date)),
+        "rows": failures_rows,
+    }
+    path = manifest_path(out_dir, snapshot_date)
+    write_json_atomic(path, payload, tmp_dir(out_dir, shard))
+    for folder in _success_folders(out_dir, snapshot_date):
+        _atomic_write(folder / SUCCESS_FILE, tmp_dir(out_dir, shard), lambda handle: None)
+    return path
+
+
+def write_shard_manifest(
+    out_dir: Path,
+    snapshot_date: dt.date,
+    shard: Shard,
+    parts: Sequence[Part],
+    failures_rows: int,
+    summary: Mapping[str, object],
+) -> Path:
+    """A shard's manifest: its files and failures, written when all its ids are done."""
+    payload = _manifest(out_dir, snapshot_date, parts, failures_rows, summary)
+    payload["shard"] = {"index": shard.index, "count": shard.count}
+    payload["failures"] = {
+        "path": _relative(out_dir, shard_failures_path(out_dir, snapshot_date, shard)),
+        "rows": failures_rows,
+    }
+    path = shard_manifest_path(out_dir, snapshot_date, shard)
+    write_json_atomic(path, payload, tmp_dir(out_dir, shard))
+    return path
+
+
+def read_shard_manifests(out_dir: Path, snapshot_date: dt.date) -> dict[Shard, dict[str, Any]]:
+    """The readable shard manifests of a snapshot, by shard (any shard count)."""
+    found: dict[Shard, dict[str, Any]] = {}
+    for path in sorted(shards_dir(out_dir, snapshot_date).glob("manifest.shard-*.json")):
+        payload = _read_json(path)
+        shard = payload.get("shard") if payload is not None else None
+        if payload is None or not isinstance(shard, dict):
+            continue
+        try:
+            found[Shard(int(shard["index"]), int(shard["count"]))] = payload
+        except (KeyError, TypeError, ValueError, XhsProfilesError):
+            continue  # not one of ours
+    return found
+
+
+def write_combined_failures(
+    out_dir: Path, snapshot_date: dt.date, sources: Sequence[str], shard: Shard | None = None
+) -> int:
+    """The snapshot's failures.csv: the header once, then each source's rows in order."""
+    header = (",".join(FAILURE_COLUMNS) + "\n").encode()
+    rows = 0
+
+    def write(handle: IO[bytes]) -> None:
+        nonlocal rows
+        handle.write(header)
+        for source in sources:
+            with (out_dir / source).open("rb") as lines:
+                if lines.readline() != header:
+                    raise StorageError(f"{out_dir / source} is not a failures file of this tool")
+                for line in lines:
+                    handle.write(line)
+                    rows += 1
+
+    for source in sources:
+        if not (out_dir / source).is_file():
+            raise StorageError(
+                f"{out_dir / source} is missing: rerun the shard that wrote it; nothing fetched "
+                "is lost"
+            )
+    _atomic_write(failures_path(out_dir, snapshot_date), tmp_dir(out_dir, shard), write)
+    return rows
+
+
+def _manifest(
+    out_dir: Path,
+    snapshot_date: dt.date,
+    parts: Sequence[Part],
+    failures_rows: int,
+    summary: Mapping[str, object],
+) -> dict[str, object]:
     unknown = sorted({p.table for p in parts} - TABLES_BY_NAME.keys())
     if unknown:
         raise ValueError(f"parts of unknown tables: {', '.join(unknown)}")
@@ -327,17 +479,10 @@ def write_manifest(
         "tool_version": TOOL_VERSION,
         "tables": tables,
         "rows": {t.name: sum(p.rows for p in parts if p.table == t.name) for t in TABLES},
-        "failures": {
-            "path": _relative(out_dir, failures_path(out_dir, snapshot_date)),
-            "rows": failures_rows,
-        },
+        "failures": {},
         "summary": dict(summary),
     }
-    path = manifest_path(out_dir, snapshot_date)
-    write_json_atomic(path, payload, out_dir / TMP_DIR)
-    for folder in _success_folders(out_dir, snapshot_date):
-        _atomic_write(folder / SUCCESS_FILE, out_dir / TMP_DIR, lambda handle: None)
-    return path
+    return payload
 
 
 def rewrite_manifest(out_dir: Path, snapshot_date: dt.date, parts: Sequence[Part]) -> Path:
@@ -353,8 +498,12 @@ def rewrite_manifest(out_dir: Path, snapshot_date: dt.date, parts: Sequence[Part
 
 def read_manifest(out_dir: Path, snapshot_date: dt.date) -> dict[str, Any] | None:
     """The snapshot's manifest, or None when it has none (not complete) or it cannot be read."""
+    return _read_json(manifest_path(out_dir, snapshot_date))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        payload = json.loads(manifest_path(out_dir, snapshot_date).read_text("utf-8"))
+        payload = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError):
         return None
     return payload if isinstance(payload, dict) else None
@@ -371,10 +520,13 @@ def manifest_dates(out_dir: Path) -> list[dt.date]:
     return sorted(dates)
 
 
-def clear_success(out_dir: Path, snapshot_date: dt.date) -> None:
-    """Withdraw the snapshot's ``_SUCCESS`` markers and manifest before a run changes it."""
+def clear_success(out_dir: Path, snapshot_date: dt.date, *, shard: Shard | None = None) -> None:
+    """Withdraw the snapshot's ``_SUCCESS`` markers and manifest before a run changes it (and
+    a shard's own manifest: the shard is no longer done)."""
     targets = [folder / SUCCESS_FILE for folder in _success_folders(out_dir, snapshot_date)]
     targets.append(manifest_path(out_dir, snapshot_date))
+    if shard is not None:
+        targets.insert(0, shard_manifest_path(out_dir, snapshot_date, shard))
     for target in targets:
         try:
             if target.exists():
@@ -389,7 +541,9 @@ def _success_folders(out_dir: Path, snapshot_date: dt.date) -> list[Path]:
     return [partition_dir(out_dir, name, snapshot_date) for name in names]
 
 
-def write_run_summary(out_dir: Path, run_id: str, summary: Mapping[str, object]) -> Path:
+def write_run_summary(
+    out_dir: Path, run_id: str, summary: Mapping[str, object], *, shard: Shard | None = None
+) -> Path:
     """``OUT/_runs/<started_at>-<run_id>.json``; ``started_at`` comes from the summary (a
     datetime or an ISO-8601 string), else now."""
     if not _RUN_ID.fullmatch(run_id):
@@ -406,7 +560,7 @@ def write_run_summary(out_dir: Path, run_id: str, summary: Mapping[str, object])
         started = started.replace(tzinfo=dt.UTC)
     stamp = started.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = out_dir / RUNS_DIR / f"{stamp}-{run_id}.json"
-    write_json_atomic(path, summary, out_dir / TMP_DIR)
+    write_json_atomic(path, summary, tmp_dir(out_dir, shard))
     return path
 
 

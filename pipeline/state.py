@@ -45,6 +45,7 @@ from pipeline.errors import (
     StorageError,
 )
 from pipeline.records import Failure, FetchedProfile, InputRow, Part
+from pipeline.shards import Shard
 from pipeline.timestamps import from_epoch_us, to_epoch_us, utcnow
 
 SCHEMA_VERSION: Final = 1
@@ -123,33 +124,54 @@ class State:
 
     path: Path
 
-    def __init__(self, path: Path, out_dir: Path, conn: sqlite3.Connection, lock_fd: int) -> None:
+    def __init__(
+        self, path: Path, out_dir: Path, conn: sqlite3.Connection, locks: list[int]
+    ) -> None:
         self.path = path
         self._out_dir = out_dir
         self._conn = conn
-        self._lock_fd: int | None = lock_fd
+        self._locks = locks
 
     # ---------------------------------------------------------------- opening and closing
 
     @classmethod
-    def open(cls, out_dir: Path, snapshot_date: dt.date) -> State:
-        state_dir = out_dir / STATE_DIR
-        path = state_dir / f"dt={snapshot_date.isoformat()}.sqlite"
+    def open(
+        cls,
+        out_dir: Path,
+        snapshot_date: dt.date,
+        *,
+        shard: Shard | None = None,
+        state_dir: Path | None = None,
+    ) -> State:
+        """Open (creating) the snapshot's checkpoint, or the shard's, holding the lock.
+
+        An unsharded run holds OUT's lock exclusively; a shard holds it shared (the shards of
+        one OUT run side by side, and never beside an unsharded run) and its own shard's lock
+        exclusively (two copies of one shard never run at once).
+        """
+        state_dir = state_dir or out_dir / STATE_DIR
+        path = state_dir / state_file_name(snapshot_date, shard)
         _make_state_dir(out_dir, state_dir)
-        lock_fd = _acquire_lock(out_dir, state_dir / LOCK_NAME)
+        out_lock = _acquire_lock(out_dir, state_dir / LOCK_NAME, shared=shard is not None)
+        locks = [out_lock]
         try:
+            if shard is not None:
+                locks.append(
+                    _acquire_lock(out_dir, state_dir / f"{LOCK_NAME}.{shard.label}", shard=shard)
+                )
             conn = _connect(path)
         except BaseException:
-            _release_lock(lock_fd)
+            for fd in reversed(locks):
+                _release_lock(fd)
             raise
-        return cls(path, out_dir, conn, lock_fd)
+        return cls(path, out_dir, conn, locks)
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
-        if self._lock_fd is not None:
-            _release_lock(self._lock_fd)
-            self._lock_fd = None
+        for fd in reversed(self._locks):
+            _release_lock(fd, clear=True)
+        self._locks = []
 
     def __enter__(self) -> Self:
         return self
@@ -505,23 +527,45 @@ def _make_state_dir(out_dir: Path, state_dir: Path) -> None:
         raise _os_error(exc, state_dir, "creating") from exc
 
 
-def _acquire_lock(out_dir: Path, lock_path: Path) -> int:
+def state_file_name(snapshot_date: dt.date, shard: Shard | None = None) -> str:
+    """``dt=YYYY-MM-DD.sqlite``, or ``dt=YYYY-MM-DD.shard-K-of-N.sqlite`` for a shard."""
+    label = f".{shard.label}" if shard is not None else ""
+    return f"dt={snapshot_date.isoformat()}{label}.sqlite"
+
+
+def _acquire_lock(
+    out_dir: Path, lock_path: Path, *, shared: bool = False, shard: Shard | None = None
+) -> int:
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise _os_error(exc, lock_path, "creating the lock") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = _read_pid(fd)
         os.close(fd)
-        raise StateLockedError(
-            f"another xhs-profiles run is using {out_dir} (pid {holder}); "
-            "wait for it or use another --out"
-        ) from None
+        if shard is not None:
+            message = (
+                f"another xhs-profiles run is fetching {shard.label} into {out_dir} "
+                f"(pid {holder}); wait for it or use another --out"
+            )
+        elif shared:
+            message = (
+                f"an unsharded xhs-profiles run is using {out_dir} (pid {holder}); shards wait "
+                "for it to end, or use another --out"
+            )
+        else:
+            message = (
+                f"another xhs-profiles run is using {out_dir} (pid {holder}); "
+                "wait for it or use another --out"
+            )
+        raise StateLockedError(message) from None
     except OSError as exc:
         os.close(fd)
         raise _os_error(exc, lock_path, "locking") from exc
+    if shared:
+        return fd  # its holders are many: the pid it names is the exclusive holder's
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -539,7 +583,12 @@ def _read_pid(fd: int) -> str:
     return text if text.isdigit() else "unknown"
 
 
-def _release_lock(fd: int) -> None:
+def _release_lock(fd: int, *, clear: bool = False) -> None:
+    """Unlock; ``clear`` (an exclusive holder) first blanks the pid it wrote, so a run that
+    later finds the lock held by shards does not name a pid that ended long ago."""
+    if clear:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
     with contextlib.suppress(OSError):
         fcntl.flock(fd, fcntl.LOCK_UN)
     with contextlib.suppress(OSError):

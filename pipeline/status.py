@@ -59,6 +59,7 @@ from pipeline.errors import (
     UsageError,
 )
 from pipeline.run_report import FailureCheck, SnapshotCounts
+from pipeline.shards import Shard
 from pipeline.state import SCHEMA_VERSION, STATE_DIR
 from pipeline.timestamps import iso_utc
 
@@ -114,6 +115,32 @@ class RecordedCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardStatus:
+    """One shard of a sharded snapshot: its ids, and whether its manifest is written."""
+
+    label: str
+    done: bool
+    written: int
+    pending: int
+    failed: int
+    state_file: str | None  # relative to OUT
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shard": self.label,
+            "done": self.done,
+            "written": self.written,
+            "pending": self.pending,
+            "failed": self.failed,
+            "state_file": self.state_file,
+        }
+
+    def to_text(self) -> str:
+        how = "done" if self.done else f"{self.pending:,} pending"
+        return f"{self.label} {how} ({self.written:,} written, {self.failed:,} failed)"
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotStatus:
     """One snapshot date.  The counts come from its state, else from its manifest's summary."""
 
@@ -133,6 +160,7 @@ class SnapshotStatus:
     last_run: RunInfo | None = None
     recorded_check: RecordedCheck | None = None
     state_file: str | None = None  # relative to OUT
+    shards: tuple[ShardStatus, ...] = ()  # a sharded snapshot's shards, those with a state
 
     @property
     def counts(self) -> SnapshotCounts:
@@ -172,7 +200,19 @@ class SnapshotStatus:
                 "max_failures": check.max_failures,
             },
             "state_file": self.state_file,
-        }
+        } | ({"shards": [s.to_json() for s in self.shards]} if self.shards else {})
+
+    @property
+    def shards_text(self) -> str:
+        """``2 of 3 done: shard-0-of-3 done (...); ...; shard-2-of-3 not started``."""
+        count = int(self.shards[0].label.rsplit("-", 1)[1])
+        done = sum(s.done for s in self.shards)
+        by_label = {s.label: s.to_text() for s in self.shards}
+        listed = [
+            by_label.get(f"shard-{k}-of-{count}", f"shard-{k}-of-{count} not started")
+            for k in range(count)
+        ]
+        return f"{done} of {count} done: {'; '.join(listed)}"
 
     def to_text(self) -> str:
         head = f"snapshot {self.date.isoformat()}: "
@@ -195,6 +235,8 @@ class SnapshotStatus:
             ("rejected", f"{self.rejected:,} input cell{'s' * (self.rejected != 1)}"),
             ("calls", f"{self.calls:,} in {self.runs:,} run{'s' * (self.runs != 1)}"),
         ]
+        if self.shards:
+            rows.append(("shards", self.shards_text))
         run = self.last_run
         if run is not None:
             exit_code = "" if run.exit_code is None else f", exit {run.exit_code}"
@@ -269,6 +311,11 @@ def check(
             + ("" if run.exit_code is None else f", exit {run.exit_code}")
         )
         fetched = f", {snap.fetched:,} fetched" if snap.fetched else ""
+        if snap.shards:
+            raise IncompleteSnapshot(
+                f"snapshot {snap.date} is not complete: shards {snap.shards_text}; "
+                "a shard may still be going, else rerun the shards not done"
+            )
         raise IncompleteSnapshot(
             f"snapshot {snap.date} is not complete: {snap.pending:,} pending{fetched}, "
             f"{snap.failed:,} failed ({last}); a run may still be going, "
@@ -353,8 +400,14 @@ def read_status(out_dir: Path) -> OutStatus:
     snapshots = []
     for date in sorted(states.keys() | completed):
         manifest = _read_json(sink.manifest_path(out_dir, date)) if date in completed else None
-        state = states.get(date)
-        counts = _read_state(state, date) if state is not None else _of_manifest(date, manifest)
+        paths = states.get(date, {})
+        state = paths.get(None)
+        if state is not None:
+            counts = _read_state(state, date)
+        elif paths:
+            counts = _of_shards(out_dir, date, paths)
+        else:
+            counts = _of_manifest(date, manifest)
         of_date = runs.get(date, [])
         snapshots.append(
             dataclasses.replace(
@@ -388,17 +441,69 @@ def _require_output_folder(out_dir: Path) -> None:
         raise _unreadable(exc, out_dir) from exc
 
 
-def _state_files(out_dir: Path) -> dict[dt.date, Path]:
-    found = {}
+def _state_files(out_dir: Path) -> dict[dt.date, dict[Shard | None, Path]]:
+    """Each date's state files: the unsharded one under None, else one per shard."""
+    found: dict[dt.date, dict[Shard | None, Path]] = {}
     try:
         for path in (out_dir / STATE_DIR).glob("dt=*.sqlite"):  # not the -wal / -shm files
-            try:
-                found[dt.date.fromisoformat(path.name[3 : -len(".sqlite")])] = path
-            except ValueError:
+            match = _STATE_FILE.fullmatch(path.name)
+            if match is None:
                 continue  # not one of ours
+            try:
+                date = dt.date.fromisoformat(match["date"])
+                shard = Shard(int(match["index"]), int(match["count"])) if match["count"] else None
+            except (ValueError, UsageError):
+                continue
+            found.setdefault(date, {})[shard] = path
     except OSError as exc:
         raise _unreadable(exc, out_dir / STATE_DIR) from exc
     return found
+
+
+_STATE_FILE: Final = re.compile(
+    r"dt=(?P<date>\d{4}-\d{2}-\d{2})(?:\.shard-(?P<index>\d+)-of-(?P<count>\d+))?\.sqlite"
+)
+
+
+def _of_shards(out_dir: Path, date: dt.date, paths: Mapping[Shard | None, Path]) -> SnapshotStatus:
+    """A sharded snapshot: each shard's state, added up."""
+    done = sink.read_shard_manifests(out_dir, date)
+    parts: list[tuple[Shard, SnapshotStatus]] = [
+        (shard, _read_state(path, date))
+        for shard, path in sorted(paths.items(), key=lambda kv: kv[0].index if kv[0] else -1)
+        if shard is not None
+    ]
+    by_code: dict[int, int] = {}
+    for _shard, counts in parts:
+        for code, n in counts.failed_by_code:
+            by_code[code] = by_code.get(code, 0) + n
+    return SnapshotStatus(
+        date,
+        **{name: sum(getattr(counts, name) for _shard, counts in parts) for name in _SUMMED},
+        failed_by_code=tuple(sorted(by_code.items())),
+        shards=tuple(
+            ShardStatus(
+                shard.label,
+                done=shard in done,
+                written=counts.written,
+                pending=counts.pending + counts.fetched,
+                failed=counts.failed,
+                state_file=paths[shard].relative_to(out_dir).as_posix(),
+            )
+            for shard, counts in parts
+        ),
+    )
+
+
+_SUMMED: Final = (
+    "written",
+    "fetched",
+    "pending",
+    "failed",
+    "failed_permanent",
+    "failed_transient",
+    "rejected",
+)
 
 
 def _read_state(path: Path, date: dt.date) -> SnapshotStatus:

@@ -270,7 +270,8 @@ CRASH_AT = {
 
 
 def test_every_crash_point_is_covered() -> None:
-    assert sorted(CRASH_AT) == sorted(POINTS)
+    # mid_assembly is reached by sharded runs only: tests/test_shards.py kills a shard there.
+    assert sorted([*CRASH_AT, "mid_assembly"]) == sorted(POINTS)
 
 
 def assert_died_where_the_point_says(point: str, data: Dataset, statuses: dict[str, str]) -> None:
