@@ -16,11 +16,13 @@ on the same one once its Nanny has restarted it), counting each death against th
 ends with ``KilledWorker`` (``distributed/scheduler.py``, ``Scheduler.remove_worker``).  That
 is Dask's own retry; a task that raises is not retried (``retries=0``), since the runner's
 errors are decisions (a stopped account, a full disk) that a rerun on another worker would only
-repeat.  A retried shard resumes from its checkpoint, so it must reach it from whichever worker
-runs it: on one machine (a ``LocalCluster``) every worker shares the disk; on a real cluster
-give ``--state-dir`` a volume every worker mounts, or accept that a retry on another machine
-re-fetches (and pays again for) the ids its shard had fetched but not yet written.  The
-checkpoint's lock (``flock``) dies with its process, so the retry can take it at once.
+repeat.  A retried shard resumes from its checkpoint (``OUT/_state`` or ``--state-dir``) when
+the worker that retries it can open it: on one machine (a ``LocalCluster``, or workers sharing
+a disk) it always can, and the checkpoint's lock (``flock``) died with the killed process.  A
+retry that finds no checkpoint (another machine with its own disk) starts the shard over: its
+earlier parts are orphans to the new checkpoint and are removed, and every id of the shard is
+called (and paid for) again.  So on a real cluster either give the workers one file system for
+the state on which SQLite works (POSIX locks; not NFS or SMB), or accept that cost.
 
 Tokens: each shard's token is resolved here, on the submitting side, and travels in its
 ``RunConfig`` as a ``Secret``: the task key names only the snapshot and the shard, and the

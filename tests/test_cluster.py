@@ -347,6 +347,7 @@ def test_four_shards_survive_a_killed_worker_and_write_every_id_once(
         assert shard.attempts == (2 if shard.key in retried else 1)
         assert shard.resumed == (shard.key in retried)
     assert "retried by Dask: attempt 2, after its worker died" in "\n".join(result.lines())
+    assert sum(s.assembled for s in result.shards) == 1  # the last to finish committed it
     assert result.snapshot["written"] == 2000 and result.snapshot["pending"] == 0
 
     by_manifest, by_glob = dataset_ids(out)
@@ -380,7 +381,7 @@ def test_the_command_line_runs_shards_on_a_scheduler(
     mine = owned(ids, 2)
     shard_line = (
         r"  shard-{k}-of-2  completed \(exit 0\)  {n} calls, {n} fetched, 0 pending, "
-        r"\d+\.\d s; on tcp://127\.0\.0\.1:\d+"
+        r"\d+\.\d s(; the last to finish: committed the snapshot)?; on tcp://127\.0\.0\.1:\d+"
     )
     expected = [
         rf"dask {re.escape(local.scheduler_address)}: 2 shards in \d+\.\d s: 2 completed; "
@@ -388,12 +389,14 @@ def test_the_command_line_runs_shards_on_a_scheduler(
         *(shard_line.format(k=k, n=len(mine[k])) for k in range(2)),
         rf"snapshot {SNAPSHOT}: 200 profiles, 0 failed, 0 pending",
         r"these runs: 200 calls, 200 fetched, 0 failed, 0 retried, 0 rate-limited, \d+\.\d s",
-        rf"output: {re.escape(str(out))}",
+        rf"output: {re.escape(str(out))}  \(snapshot committed by shard-[01]-of-2\)",
     ]
     lines = result.stdout.splitlines()
     assert len(lines) == len(expected)
     for line, pattern in zip(lines, expected, strict=True):
         assert re.fullmatch(pattern, line), (line, pattern)
+    last = [line for line in lines if "the last to finish" in line]
+    assert len(last) == 1 and last[0].split()[0] in lines[-1]  # one shard committed it
     # stderr: one line per shard as it ends, nothing else
     assert sorted(result.stderr.splitlines()) == sorted(line.strip() for line in lines[1:3])
     assert api.stats().calls_by_token == {TOKENS[0]: len(mine[0]), TOKENS[1]: len(mine[1])}
