@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import importlib.util
 import json
 import os
 import pickle
@@ -34,15 +35,14 @@ from pipeline.schema import TABLES
 from pipeline.shards import Shard, shard_of
 from tests.helpers import QUICK_START, make_id, read_table, write_ids
 
-try:
-    import distributed
-except ImportError:  # the dev group locks it; a user's install without the dask extra has none
-    distributed = None
+# The dev group locks distributed; a user's install without the dask extra has none.  Found, not
+# imported: importing it costs the fast suite a second or two.
+HAS_DISTRIBUTED = importlib.util.find_spec("distributed") is not None
 
 SNAPSHOT = "2026-11-28"
 DAY = dt.date.fromisoformat(SNAPSHOT)
 needs_dask = pytest.mark.skipif(
-    distributed is None, reason="distributed is not installed (the dask extra / dev group)"
+    not HAS_DISTRIBUTED, reason="distributed is not installed (the dask extra / dev group)"
 )
 TOKENS = tuple(f"tok-{k}-5ecret" for k in range(4))
 
@@ -180,6 +180,26 @@ def test_a_runner_error_in_the_task_is_returned_with_its_exit_code(tmp_path: Pat
     assert "none.csv" in facts["message"]
 
 
+def test_a_shard_already_running_in_the_same_process_is_refused_by_its_lock(
+    sandbox, tmp_path: Path
+) -> None:
+    """A second task of a shard that still runs (a resubmission after Ctrl-C, on a worker that
+    runs the first in another thread) ends with exit 2: the shard's flock is per open file."""
+    api = sandbox(latency=0.05)
+    csv_path = write_ids(tmp_path / "ids.csv", [make_id(i, "lock") for i in range(30)])
+    config = config_for(api.base_url, csv_path, tmp_path / "out", Shard(0, 1), "sandbox")
+    first: list[dict[str, Any]] = []
+    running = threading.Thread(target=lambda: first.append(cluster.run_shard(config)))
+    running.start()
+    while not api.stats().calls:
+        time.sleep(0.01)
+    second = cluster.run_shard(config)
+    running.join()
+    assert (second["exit_code"], second["summary"]) == (2, None)
+    assert "shard-0-of-1" in second["message"] and "sandbox" not in second["message"]
+    assert first[0]["exit_code"] == 0
+
+
 # --- the command line, without a cluster -------------------------------------------------------
 
 
@@ -268,8 +288,10 @@ def test_a_run_without_dask_never_imports_distributed(sandbox, tmp_path: Path) -
 @pytest.fixture(scope="module")
 def dask_cluster() -> Iterator[Any]:
     """Two worker processes with two threads each, under Nannies that restart a killed one."""
-    if distributed is None:
+    if not HAS_DISTRIBUTED:
         pytest.skip("distributed is not installed (the dask extra / dev group)")
+    import distributed
+
     with (
         distributed.LocalCluster(
             n_workers=2,
