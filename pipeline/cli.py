@@ -384,6 +384,10 @@ def _run_on_dask(
     if options["dry_run"]:
         raise UsageError("--dry-run cannot go with --dask: run it without --dask")
     cluster.import_distributed()  # before anything else: without the extra, one line says so
+    # The workers open these paths: absolute, so that a worker's own folder does not matter.
+    for name in ("input_csv", "out_dir", "state_dir"):
+        if options[name] is not None:
+            options[name] = Path(options[name]).absolute()
     configs = []
     for index in range(shard_count):
         shard = Shard(index, shard_count)
