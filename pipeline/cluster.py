@@ -294,6 +294,7 @@ class ClusterResult:
         req, snap = self.requests, self.snapshot
         last = next((s.shard.label for s in self.shards if s.assembled), None)
         committed = f"  (snapshot committed by {last})" if last else "  (snapshot not committed)"
+        uncounted = " (not counting the calls of attempts whose worker died)" if retried else ""
         return [
             head,
             *(f"  {shard.line()}" for shard in self.shards),
@@ -301,7 +302,7 @@ class ClusterResult:
             f"{snap['failed'] + snap['rejected']:,} failed, {snap['pending']:,} pending",
             f"these runs: {req['calls']:,} calls, {req['fetched']:,} fetched, "
             f"{req['failed']:,} failed, {req['retried']:,} retried, "
-            f"{req['rate_limited']:,} rate-limited, {self.duration_s:.1f} s",
+            f"{req['rate_limited']:,} rate-limited, {self.duration_s:.1f} s{uncounted}",
             f"output: {self.out_dir}{committed}",
         ]
 
