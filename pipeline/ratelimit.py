@@ -13,7 +13,9 @@ code 302 in a 200 body, its limit is not published, and a call takes 50 ms or se
 
 It owns two numbers: the pacing rate R and the window W (calls admitted and not yet answered).
 Throughput is min(R, W / round trip).  The user's ``--rate`` and ``--concurrency`` are caps on
-them, never targets.  Rules (the constants below say why each value):
+them, never targets.  Rules (each constant says why its value, below or beside the code that
+uses it: rule 4's measuring is ``pipeline.ratelimit_estimate``, the rounds of rules 6 and 7
+``pipeline.ratelimit_rounds``; every constant is importable from here):
 
 1. Start: R = ``START_RATE`` (16/s: what the old default of 16 slots sent at a one-second round
    trip).  Until the first 302, and only while callers wait for the pacer (a rate nobody uses
@@ -46,7 +48,8 @@ them, never targets.  Rules (the constants below say why each value):
    it trusted.  A probe's short episode is measured from the previous episode's last refusal
    instead (the bucket was empty there too: exact unless the cruise let it fill); a window
    limiter carries no unused capacity over, so that pair is checked against the accepted rate
-   since the probe began and, if they differ by more than 5%, their midpoint is taken.
+   since the probe began and, if they differ by more than 5%, their midpoint is taken.  The
+   episode and its estimate are ``ratelimit_estimate.LimitEstimator``'s.
 5. Cruise at ``CRUISE_GAIN`` (0.97) x the estimate for max(``HOLD_MIN`` s, ``HOLD_ROUNDS``
    round trips) (``HOLD_MIN`` only after a rough estimate), then probe: R = cruise x
    (1 + ``PROBE_GAIN`` x (t / unit)^3), t counted while the pacer binds, unit = max(1 s, 2 round
@@ -63,7 +66,8 @@ them, never targets.  Rules (the constants below say why each value):
    under the target that filled the window lets it grow by up to ``DELAY_GROWTH``.  While
    latency binds, one round every ``BASE_WINDOW`` s runs at a quarter of the window to measure
    the base afresh (BBR's PROBE_RTT), so a queue it keeps never becomes its own baseline.  Once
-   a 302 has shown a limit, the window follows the rate alone.
+   a 302 has shown a limit, the window follows the rate alone.  The rounds, the base, the
+   delivery rate and this rule are ``ratelimit_rounds.LatencyRounds``'.
 7. ``Retry-After`` pauses every caller for that long (0: no pause; the cut still applies); the
    pause is no time of growth, cruise or measurement.  Answers that are not 302 (the 500s of a
    retry storm too) are the rate accepted; a round where more than ``FAULT_FREEZE`` of the calls
@@ -87,10 +91,27 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from pipeline.config import DEFAULT_START_RATE
+from pipeline.ratelimit_estimate import CONFIRM_BAND as CONFIRM_BAND
+from pipeline.ratelimit_estimate import CUT as CUT
+from pipeline.ratelimit_estimate import MEASURE_ACCEPTS as MEASURE_ACCEPTS
+from pipeline.ratelimit_estimate import MEASURE_SPAN as MEASURE_SPAN
+from pipeline.ratelimit_estimate import PAIR_SPAN_MAX as PAIR_SPAN_MAX
+from pipeline.ratelimit_estimate import LimitEstimator
+from pipeline.ratelimit_rounds import BASE_WINDOW as BASE_WINDOW
+from pipeline.ratelimit_rounds import DELAY_FLOOR as DELAY_FLOOR
+from pipeline.ratelimit_rounds import DELAY_GROWTH as DELAY_GROWTH
+from pipeline.ratelimit_rounds import DELAY_TARGET as DELAY_TARGET
+from pipeline.ratelimit_rounds import DELIVERY_WINDOW as DELIVERY_WINDOW
+from pipeline.ratelimit_rounds import FAULT_FREEZE as FAULT_FREEZE
+from pipeline.ratelimit_rounds import ROUND_SAMPLES as ROUND_SAMPLES
+from pipeline.ratelimit_rounds import LatencyRounds
+
+# Imported for the callers as well: the constants of rule 4's measuring (and CUT, which its
+# rough estimate undoes) are pipeline.ratelimit_estimate's, those of rule 6
+# pipeline.ratelimit_rounds'.
 
 START_RATE: Final = DEFAULT_START_RATE  # requests/s before anything is known (16)
 START_GROWTH: Final = 1.15  # per round trip until a 302: the first overshoot is ~15% for ~1 RTT
@@ -98,19 +119,15 @@ MAX_GROWTH: Final = 1.5  # per round trip, however far the start has grown
 STARTUP_PACING_GAIN: Final = 2.0  # the start paces at most at 2x the best delivery (BBR: 2.89)
 GROWTH_RTT_FLOOR: Final = 0.01  # s: growth is never timed on a round trip shorter than this
 MIN_RATE: Final = 0.5  # requests/s (botocore's floor)
-CUT: Final = 0.5  # a 302 while cruising (the limit fell): halve what was sent (TCP)
 STARTUP_BURST_S: Final = 1.0  # the burst the start's first cut assumes a server allows, in s
 STARTUP_CUT_MIN: Final = 0.25  # the start's first cut: what was sent x 0.25 ... 0.8
 STARTUP_CUT_MAX: Final = 0.8
 PROBE_CUT: Final = 0.85  # a probe's 302: back to the ceiling, at most 85% of what it sent
 CRUISE_GAIN: Final = 0.97  # of the measured limit (BBR's pacing margin + the estimate's error)
-MEASURE_ACCEPTS: Final = 20  # accepted calls in a span for a trusted estimate (~1/sqrt(20))
-MEASURE_SPAN: Final = 0.5  # s of send time, at least
 HOLD_MIN: Final = 2.5  # s of cruise before probing, at least
 HOLD_ROUNDS: Final = 8  # round trips of cruise before probing, at least
 HOLD_DOUBLINGS: Final = 0  # a confirmed ceiling does not lengthen the hold (a risen limit would
 # then be found late: 50 -> 10 -> 80/s must be followed within 10 s)
-CONFIRM_BAND: Final = 0.1  # estimates within 10% confirm each other
 PROBE_GAIN: Final = 0.1  # probe: cruise x (1 + 0.1 t^3), t in probe units
 PROBE_UNIT_MIN: Final = 1.0  # s
 PROBE_UNIT_ROUNDS: Final = 2.0  # round trips per probe unit
@@ -118,53 +135,17 @@ WINDOW_GAIN: Final = 2.0  # BBR cwnd_gain
 WINDOW_HEADROOM: Final = 4  # calls (BBR's minimum cwnd)
 MIN_WINDOW: Final = 16  # calls in flight, at least (the old default; zero latency needs it)
 DEFAULT_MAX_IN_FLIGHT: Final = 512
-ROUND_SAMPLES: Final = 32  # answers per latency round: a median steady enough to compare
-BASE_WINDOW: Final = 10.0  # s over which the base round trip is the lowest round median
-DELIVERY_WINDOW: Final = 20.0  # s over which the delivery rate is the highest (BBR: bw > RTT)
-DELAY_TARGET: Final = 1.25  # queueing allowed over the base (Envoy's 25% buffer)
-DELAY_GROWTH: Final = 1.25  # most the latency rule lets the window grow per round
-DELAY_FLOOR: Final = 0.5  # most the latency rule cuts the window per round
-FAULT_FREEZE: Final = 0.5  # more than half of a round's answers failed: no growth for a while
 RTT_SMOOTHING: Final = 0.125  # weight of a new round-trip sample (TCP's srtt)
 MAX_NAP: Final = 0.25  # s a pacer waiter sleeps before re-checking its slot
 CAP_MARGIN: Final = 0.02  # the user's --rate is kept over (1 + 2%) s windows of our own sends
 MAX_GROWTH_STEP: Final = 1.0  # s of growth credited at once
 LAST_CUTS: Final = 5  # cuts kept in the snapshot
 ANSWER_LOG_S: Final = 30.0  # s of answers kept (by answer time) for the estimates
-PAIR_SPAN_MAX: Final = 30.0  # s between two episodes' refusals, at most, for their estimate
 
 
 class _Event(Protocol):
     def set(self) -> None: ...
     def wait(self) -> Awaitable[Any]: ...
-
-
-@dataclass(slots=True)
-class _Episode:
-    """From a fresh 302 to the estimate of what the server accepts."""
-
-    start: float  # send time of the first refused call
-    send_rate: float  # what was being sent when it was refused
-    cut_at: float  # send time after which calls are fresh (the last cut)
-    until: float = math.inf  # calls sent from here on (a pause began) are not measured
-    probe: bool = False  # opened by a probe past the known ceiling
-    answers: list[tuple[float, bool]] = field(default_factory=list)  # (sent, accepted)
-    fresh_ok: int = 0
-    fresh_refused: int = 0
-    next_check: float = -math.inf
-
-
-@dataclass(slots=True)
-class _Round:
-    """Calls sent in [start, end): their round trips, once every one of them is answered."""
-
-    start: float
-    end: float
-    samples: list[float] = field(default_factory=list)
-    answers: int = 0
-    faults: int = 0  # answers that were transient failures, or no usable answer
-    admitted_max: int = 0
-    probe: bool = False  # a base-measuring round at half the window
 
 
 class RateController:
@@ -223,7 +204,6 @@ class RateController:
         self._in_flight = 0  # sent, not answered
         self._in_flight_max = 0
         self._waiters: deque[_Event] = deque()
-        self._delay_window = max_in_flight
         self._window = self._min_window
         # Measurements.
         self._started: float | None = None
@@ -232,20 +212,12 @@ class RateController:
         self._pending_order: deque[float] = deque()
         self._srtt: float | None = None
         self._answers: deque[tuple[float, float, bool]] = deque()  # (answered, sent, accepted)
-        self._rounds: deque[_Round] = deque()  # by send time, oldest first
-        self._medians: deque[tuple[float, float]] = deque()  # (time, round median)
-        self._deliveries: deque[tuple[float, float]] = deque()  # (time, answers/s) at rounds
-        self._base: float | None = None
-        self._base_probe_due = math.inf
-        self._queueing = False
-        self._faulty_until = -math.inf
+        self._latency = LatencyRounds(max_in_flight, self._min_window)  # rule 6
         # Rate regime.
         self._phase = "startup"
         self._last_growth: float | None = None
         self._epoch = -math.inf  # calls sent before this were sent at an older rate
-        self._episode: _Episode | None = None
-        self._ceiling: float | None = None
-        self._last_refusal: float | None = None  # send time of the last episode's last 302
+        self._limit = LimitEstimator()  # rule 4: episodes of 302s, the ceiling
         self._cruise_rate: float | None = None
         self._hold_until = -math.inf
         self._doublings = 0
@@ -306,8 +278,8 @@ class RateController:
             "max_in_flight": self._max_in_flight,
             "in_flight_max": self._in_flight_max,
             "round_trip_s": _rounded(self._srtt),
-            "base_round_trip_s": _rounded(self._base),
-            "ceiling_estimate": _rounded(self._ceiling),
+            "base_round_trip_s": _rounded(self._latency.base),
+            "ceiling_estimate": _rounded(self._limit.ceiling),
             "phase": self._phase,
             "cuts": self._cuts,
             "cuts_by_reason": dict(sorted(self._cut_reasons.items())),
@@ -355,12 +327,7 @@ class RateController:
         self._in_flight += 1
         if self._in_flight > self._in_flight_max:
             self._in_flight_max = self._in_flight
-        rounds = self._rounds
-        if not rounds or sent_at >= rounds[-1].end:
-            self._start_round(sent_at)
-        current = rounds[-1]
-        if self._admitted > current.admitted_max:
-            current.admitted_max = self._admitted
+        self._latency.sent(sent_at, self._admitted, self._rate, self._srtt)
         return sent_at
 
     def on_success(self, *, sent_at: float | None = None, fault: bool = False) -> None:
@@ -378,7 +345,7 @@ class RateController:
             self._srtt = (
                 rtt if self._srtt is None else self._srtt + RTT_SMOOTHING * (rtt - self._srtt)
             )
-            self._round_of(sent_at, rtt, fault)
+            self._latency.answered(sent_at, rtt, fault)
             self._record_answer(now, sent_at, True)
         self._after_answer(now)
 
@@ -393,18 +360,13 @@ class RateController:
         when = now if sent_at is None or sent_at > now else sent_at
         self._grow(now)  # credit growth up to now before deciding
         self._record_answer(now, when, False)
-        episode = self._episode
         if when >= self._epoch:
-            if episode is None:
+            if not self._limit.measuring:
                 self._open_episode(now, when)
-            else:
-                episode.fresh_refused += 1
-                fresh = episode.fresh_ok + episode.fresh_refused
-                if fresh >= 4 and episode.fresh_refused * 2 > fresh:
-                    # More than half of what was sent since the cut is refused: cut again.
-                    self._cut(now, self._rate * CUT, "measure")
-                    episode.cut_at = now
-                    episode.fresh_ok = episode.fresh_refused = 0
+            elif self._limit.refused():
+                # More than half of what was sent since the cut is refused: cut again.
+                self._cut(now, self._rate * CUT, "measure")
+                self._limit.cut(now)
         if retry_after is not None and retry_after > 0:
             self._pause(now, now + retry_after)
         self._after_answer(now)
@@ -415,7 +377,7 @@ class RateController:
         self._release(sent_at)
         self._faults += 1
         if sent_at is not None:
-            self._round_of(sent_at, None, True)
+            self._latency.answered(sent_at, None, True)
         self._after_answer(now)
 
     def _after_answer(self, now: float) -> None:
@@ -460,11 +422,10 @@ class RateController:
             self._window = self._max_in_flight
             self._admit_waiters()
             return
+        # At most what latency allows (a quarter of that while a round measures the base).
         window = min(
-            math.ceil(WINDOW_GAIN * self._rate * rtt) + WINDOW_HEADROOM, self._delay_window
+            math.ceil(WINDOW_GAIN * self._rate * rtt) + WINDOW_HEADROOM, self._latency.limit
         )
-        if self._rounds and self._rounds[-1].probe:
-            window = min(window, self._delay_window // 4)  # drain the queue: see the base
         self._window = max(self._min_window, min(self._max_in_flight, window))
         self._admit_waiters()
 
@@ -528,9 +489,7 @@ class RateController:
         # Time paused is no time of cruise, and the server refills while nobody sends: a
         # measurement stops at the pause.
         self._hold_until = max(self._hold_until, until + HOLD_MIN)
-        self._last_refusal = None  # the server refills while nobody sends
-        if self._episode is not None:
-            self._episode.until = min(self._episode.until, now)
+        self._limit.pause(now)  # the server refills while nobody sends
         if starts:
             self._pauses += 1
             self._emit("rate.pause", {"pause_s": round(until - now, 3), "rate": self._rate})
@@ -549,11 +508,7 @@ class RateController:
         horizon = now - max(ANSWER_LOG_S, 4 * (self._srtt or 0.0))
         while answers[0][0] < horizon:
             answers.popleft()
-        episode = self._episode
-        if episode is not None and episode.start <= sent_at < episode.until:
-            episode.answers.append((sent_at, accepted))
-            if accepted and sent_at >= episode.cut_at:
-                episode.fresh_ok += 1
+        self._limit.record(sent_at, accepted)
 
     def _send_rate(self, now: float) -> float:
         """Calls sent per second over the last max(0.5 s, round trip) of unpaused time."""
@@ -569,85 +524,21 @@ class RateController:
             count += 1
         return count / (now - start)
 
-    def _start_round(self, sent_at: float) -> None:
-        length = max(ROUND_SAMPLES / self._rate, 0.05, 0.25 * (self._srtt or 0.0))
-        probe = self._delay_window < self._max_in_flight and sent_at >= self._base_probe_due
-        if probe:
-            self._base_probe_due = sent_at + BASE_WINDOW
-        self._rounds.append(_Round(sent_at, sent_at + length, probe=probe))
-
-    def _round_of(self, sent_at: float, rtt: float | None, fault: bool) -> None:
-        for round_ in reversed(self._rounds):
-            if round_.start <= sent_at:
-                if sent_at < round_.end:
-                    round_.faults += fault
-                    round_.answers += 1
-                    if rtt is not None:
-                        round_.samples.append(rtt)
-                return
-
     def _complete_rounds(self, now: float) -> None:
-        rounds = self._rounds
-        while len(rounds) > 1 or (rounds and now >= rounds[0].end):
-            first = rounds[0]
-            oldest = self._oldest_pending()
-            straggling = now - first.end > 4 * (self._srtt or 0.0) + 1.0
-            if oldest is not None and oldest < first.end and not straggling:
-                return
-            rounds.popleft()
-            self._end_round(now, first)
-
-    def _end_round(self, now: float, round_: _Round) -> None:
-        samples = round_.samples
-        if round_.answers and round_.faults > FAULT_FREEZE * round_.answers:
-            self._faulty_until = now + max(1.0, self._srtt or 0.0)
-        if len(samples) < ROUND_SAMPLES // 2:
-            return  # too few to say anything (an idle spell, a pause)
-        samples.sort()
-        median = samples[len(samples) // 2]
-        medians = self._medians
-        while medians and medians[0][0] < now - BASE_WINDOW:
-            medians.popleft()
-        if round_.probe:
-            medians.clear()  # the fresh base, measured with the queue drained
-        medians.append((now, median))
-        self._base = base = min(m for _, m in medians)
-        deliveries = self._deliveries
-        deliveries.append((now, self._delivery_rate(now)))
-        while deliveries[0][0] < now - DELIVERY_WINDOW:
-            deliveries.popleft()
-        if round_.probe or self._phase != "startup":
-            return  # a 302 has shown the limit: the window follows the rate
-        used = max(round_.admitted_max, 1)
-        gradient = DELAY_TARGET * base / median
-        queueing, self._queueing = self._queueing, gradient < 1.0
-        if gradient < 1.0 and queueing:  # two rounds in a row: not one noisy median
-            # Queueing: keep in flight what the server delivers over the base round trip, with
-            # the target's margin (BBR: cwnd from bandwidth x min RTT).  The delivery is the
-            # most seen over a window longer than the base's, so a server that merely got
-            # slower (latency up, delivery down by as much) is not read as a queue and starved.
-            delivered = max(rate for _, rate in deliveries)
-            window = max(self._min_window, min(used, math.ceil(DELAY_TARGET * delivered * base)))
-            if window < self._delay_window:
-                if window < 0.9 * self._window:
-                    self._record_cut(now, "latency", self._rate, self._rate, window)
-                self._delay_window = window
-                self._set_rate(min(self._rate, 1.5 * delivered), now)
-                if self._base_probe_due == math.inf:
-                    self._base_probe_due = now + BASE_WINDOW
-        elif used >= 0.9 * self._window and self._delay_window < self._max_in_flight:
-            grown = math.ceil(used * min(DELAY_GROWTH, gradient))
-            self._delay_window = min(self._max_in_flight, max(self._delay_window, grown))
-
-    def _delivery_rate(self, now: float) -> float:
-        """Answers per second over the last max(0.5 s, round trip)."""
-        span = max(0.5, self._srtt or 0.0)
-        count = 0
-        for answered, _, _ in reversed(self._answers):
-            if answered < now - span:
-                break
-            count += 1
-        return count / span
+        latency = self._latency
+        for round_ in latency.finished(now, self._srtt, self._oldest_pending()):
+            queueing = latency.end(
+                now,
+                round_,
+                srtt=self._srtt,
+                window=self._window,
+                answers=self._answers,
+                rate_limited=self._phase != "startup",
+            )
+            if queueing is not None:  # the window latency allows fell: and the rate with it
+                if queueing.window < 0.9 * self._window:
+                    self._record_cut(now, "latency", self._rate, self._rate, queueing.window)
+                self._set_rate(min(self._rate, 1.5 * queueing.delivered), now)
 
     # --- rate ----------------------------------------------------------------------------
 
@@ -660,7 +551,7 @@ class RateController:
         # Growth only while the pacer is what holds calls back: not the window, not the ids.
         bound = now - self._pacer_bound_at <= max(0.25, self._srtt)
         bound = bound and self._in_flight < 0.9 * self._window
-        if elapsed <= 0 or not bound or now < self._faulty_until or self._rate >= self._cap:
+        if elapsed <= 0 or not bound or self._latency.faulty(now) or self._rate >= self._cap:
             return
         if self._phase == "cruise":
             if now >= self._hold_until:
@@ -671,8 +562,8 @@ class RateController:
         if self._phase == "startup":
             self._growth = _startup_growth(self._rate / self._start_rate, self._srtt)
             grown = self._rate * math.exp(self._growth * elapsed)
-            if self._deliveries:  # no faster than twice what the server has delivered
-                best = max(rate for _, rate in self._deliveries)
+            best = self._latency.best_delivery
+            if best is not None:  # no faster than twice what the server has delivered
                 grown = min(grown, max(self._rate, STARTUP_PACING_GAIN * best))
             self._set_rate(grown, now)
         elif self._phase == "probe":
@@ -685,19 +576,17 @@ class RateController:
     def _open_episode(self, now: float, sent_at: float) -> None:
         sent = min(self._rate, self._send_rate(now))
         phase = self._phase
-        ceiling = self._ceiling
+        ceiling = self._limit.ceiling
         if phase == "probe" and ceiling is not None and sent <= 2 * ceiling:
             # A probe past the known ceiling: back to it (the server's refill since the last
             # refusal let the probe run on; what it accepted since then measures the limit, see
-            # _pair_estimate), never below the cruise rate known to be accepted.
+            # LimitEstimator._pair_estimate), never below the cruise rate known to be accepted.
             new = max(self._cruise_rate or 0.0, min(ceiling, PROBE_CUT * sent))
         elif phase == "startup":
             new = sent * _startup_cut(self._growth, self._srtt or 0.0)
         else:
             new = CUT * sent
-        episode = _Episode(start=sent_at, send_rate=sent, cut_at=now, probe=phase == "probe")
-        episode.answers = [(s, ok) for _, s, ok in self._answers if s >= sent_at]
-        self._episode = episode
+        self._limit.open(sent_at, sent, now, probe=phase == "probe", answers=self._answers)
         self._phase = "measure"
         self._cut(now, new, phase)
 
@@ -729,96 +618,36 @@ class RateController:
                 "reason": reason,
                 "rate": _rounded(rate),
                 "previous_rate": _rounded(previous),
-                "ceiling_estimate": _rounded(self._ceiling),
+                "ceiling_estimate": _rounded(self._limit.ceiling),
                 "in_flight_limit": limit,
                 "cuts": self._cuts,
             },
         )
 
     def _maybe_estimate(self, now: float) -> None:
-        """Close the episode once every call sent before its last cut has been answered."""
-        episode = self._episode
-        if episode is None or now < episode.next_check:
+        """Cruise at the episode's estimate once it is taken (``LimitEstimator.estimate``)."""
+        if not self._limit.measuring:
             return
-        episode.next_check = now + max(0.02, (self._srtt or 0.0) / 8)
-        oldest = self._oldest_pending()
-        frontier = now if oldest is None else oldest  # every call sent before it is answered
-        needed = min(episode.until, max(episode.cut_at, episode.start + MEASURE_SPAN))
-        if frontier < needed:
+        estimate = self._limit.estimate(
+            now,
+            srtt=self._srtt,
+            oldest=self._oldest_pending(),
+            rate=self._rate,
+            answers=self._answers,
+            probe_started=self._probe_started,
+        )
+        if estimate is None:
             return
-        frontier = min(frontier, episode.until)
-        answers = sorted(a for a in episode.answers if a[0] < frontier)
-        last = episode.start
-        for sent, ok in answers:
-            if not ok:
-                last = sent
-        accepted = sum(1 for sent, ok in answers if ok and sent <= last)
-        span = last - episode.start
-        trusted = span >= MEASURE_SPAN and accepted >= MEASURE_ACCEPTS
-        previous = self._ceiling
-        if (
-            not trusted
-            and episode.fresh_refused
-            and episode.until == math.inf
-            and now - episode.cut_at < 2 * max(1.0, self._srtt or 0.0)
-        ):
-            return  # still refused at the current rate: the span is growing
-        self._episode = None
-        pair = self._pair_estimate(episode, previous)
-        self._last_refusal = last if span > 0 or last > episode.start else episode.start
-        if trusted:
-            estimate = accepted / span
-        elif pair is not None:
-            estimate = pair
-            trusted = True
-        elif span > 0 and accepted > 0:
-            # Rough: between what is sent now and what was refused.
-            estimate = min(max(accepted / span, self._rate), episode.send_rate)
-        else:
-            estimate = max(self._rate, min(episode.send_rate, self._rate / CUT))
-        confirmed = previous is not None and abs(estimate / previous - 1) <= CONFIRM_BAND
-        self._doublings = min(self._doublings + 1, HOLD_DOUBLINGS) if confirmed else 0
-        self._ceiling = estimate
-        self._cruise_rate = max(self._min_rate, min(self._cap, CRUISE_GAIN * estimate))
+        self._doublings = min(self._doublings + 1, HOLD_DOUBLINGS) if estimate.confirmed else 0
+        self._cruise_rate = max(self._min_rate, min(self._cap, CRUISE_GAIN * estimate.limit))
         self._set_rate(self._cruise_rate, now)
         # The server's bucket is empty after a measurement: a call or two at the new rate may
         # still be refused; that says nothing about the rate.
         self._epoch = now + max(0.25, 4 / self._rate)
         self._phase = "cruise"
         hold = max(HOLD_MIN, HOLD_ROUNDS * (self._srtt or 0.0))
-        steady = trusted or confirmed
+        steady = estimate.trusted or estimate.confirmed
         self._hold_until = now + (hold * 2**self._doublings if steady else HOLD_MIN)
-
-    def _pair_estimate(self, episode: _Episode, previous: float | None) -> float | None:
-        """A probe's 302 measured from the previous episode's last one.
-
-        The server refused at both, so what it accepted in between, over that time, is its limit:
-        exactly, for a token bucket the cruise between them never filled.  A window limiter
-        carries no unused capacity over, so there this counts only what was sent, below the
-        limit: the accepted rate since the probe began, which over-counts by what was left
-        unused, bounds it from above.  Within 5% the pair is the estimate, else their midpoint
-        (a window's estimate then closes in probe by probe).  Only near the known ceiling, with
-        a gap of at most ``PAIR_SPAN_MAX``, and nothing paused since.
-        """
-        since = self._last_refusal
-        if not episode.probe or previous is None or since is None:
-            return None
-        end = episode.start
-        gap = end - since
-        if not MEASURE_SPAN <= gap <= PAIR_SPAN_MAX or episode.send_rate > 2 * previous:
-            return None
-        probe_from = max(self._probe_started, since)
-        accepted = probed = 0
-        for _, sent, ok in self._answers:
-            if ok and since < sent <= end:
-                accepted += 1
-                probed += sent > probe_from
-        if accepted < MEASURE_ACCEPTS:
-            return None
-        pair = accepted / gap
-        upper = probed / (end - probe_from) if end - probe_from >= MEASURE_SPAN else pair
-        estimate = pair if upper <= 1.05 * pair else (pair + upper) / 2
-        return estimate if 0.5 * previous <= estimate <= episode.send_rate else None
 
     def _emit(self, event: str, fields: dict[str, Any]) -> None:
         if self._on_event is not None:
