@@ -15,7 +15,7 @@ DEMO_DAYS := 01 02 03 04 05 06 07 08
 # Extra arguments: to the CLI for `make run`, to pytest for `make test-fast`.
 ARGS ?=
 
-.PHONY: help uv install browser run demo test test-fast lint format bench fuzz soak clean
+.PHONY: help uv install browser run demo test test-fast lint format bench bench-cluster fuzz soak clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -87,6 +87,10 @@ format: install ## apply ruff's fixes and formatting
 bench: install ## the benchmark: figures and ratios against the naive loop and dlt, into bench/RESULTS.md
 	$(UV) sync --locked --group dev --group bench
 	$(BIN)/python -m bench
+
+bench-cluster: install ## 4 shards on a Dask LocalCluster vs 1 process at 50/s per token (~10 min), into bench/RESULTS-cluster.md
+	$(UV) sync --locked --inexact --quiet --group dev --group bench
+	$(BIN)/python -m bench.cluster $(ARGS)
 
 fuzz: install ## the property tests (flatten, readers) with new random examples, many times
 	for i in 1 2 3 4 5; do HYPOTHESIS_PROFILE=explore $(BIN)/pytest -q \

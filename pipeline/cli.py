@@ -27,7 +27,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import click
 import httpx
 
-from pipeline import changes, runner, schema, sink, status, storage
+from pipeline import changes, cluster, runner, schema, sink, status, storage
 from pipeline.config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -59,7 +59,7 @@ from pipeline.run_report import Outcome, RunReport
 from pipeline.sandbox import DriftPlan, Sandbox, SandboxConfig, drift_config_for, serve
 from pipeline.sandbox.drift import parse_date
 from pipeline.schema import DEFAULT_TIERS
-from pipeline.shards import INDEX_ENV, MAX_SHARDS, resolve_shard, shard_token
+from pipeline.shards import INDEX_ENV, MAX_SHARDS, Shard, resolve_shard, shard_token
 from pipeline.timestamps import utcnow
 
 # click's ``\b`` keeps the lines as they are instead of rewrapping them into one paragraph.
@@ -335,6 +335,14 @@ class _OutLocation(click.Path):
     is_flag=True,
     help="Run against the built-in sandbox API on 127.0.0.1 (no real calls).",
 )
+@click.option(
+    "--dask",
+    "dask_address",
+    default=None,
+    metavar="SCHEDULER",
+    help="Run the --shard-count shards as tasks on this Dask scheduler (tcp://host:8786); "
+    "shard K's token from JUSTONEAPI_TOKEN_K. Needs the dask extra.",
+)
 @_debug_option("Debug logging (tokens masked) and tracebacks.")
 @click.pass_obj
 def run_command(obj: Seams | None, /, **options: Any) -> None:
@@ -345,6 +353,11 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
     click.get_current_context().meta[_EVENTS] = events
     seams = obj or Seams()
     display = _display(options.pop("progress_mode"), options.pop("no_progress"), json_logs)
+    dask_address = options.pop("dask_address")
+    if dask_address is not None:
+        with _configure_logging(debug, events if json_logs else None):
+            _run_on_dask(dask_address, options, seams, events, json_logs)
+        return
     with _configure_logging(debug, events if json_logs else None):
         if options.pop("use_sandbox"):
             snapshot = options["snapshot_date"]
@@ -373,6 +386,67 @@ def run_command(obj: Seams | None, /, **options: Any) -> None:
         raise Interrupted()
     if report.failure_check is not None and report.failure_check.exceeded:
         raise FailureThresholdExceeded(report.failure_check.message())
+
+
+def _run_on_dask(
+    address: str,
+    options: dict[str, Any],
+    seams: Seams,
+    events: EventLog,
+    json_logs: bool,
+) -> None:
+    """``--dask``: one config per shard (each with its own token) → ``cluster.run_on_dask``."""
+    shard_count = options["shard_count"]
+    if shard_count is None:
+        raise UsageError("--dask needs --shard-count N (one task per shard; N = your accounts)")
+    if options["shard_index"] is not None:
+        raise UsageError("--dask runs every shard: give --shard-count, not --shard-index")
+    if options["use_sandbox"]:
+        raise UsageError(
+            "--sandbox cannot go with --dask (the workers may not reach this machine's "
+            "127.0.0.1): start `xhs-profiles sandbox --host HOST` and give --base-url"
+        )
+    if options["dry_run"]:
+        raise UsageError("--dry-run cannot go with --dask: run it without --dask")
+    cluster.import_distributed()  # before anything else: without the extra, one line says so
+    # The workers open these paths: absolute, so that a worker's own folder does not matter
+    # (an --out URL is the same everywhere; the workers' state then goes to --state-dir, or to
+    # the cache folder as this machine names it).
+    for name in ("input_csv", "out_dir", "state_dir"):
+        if isinstance(options[name], Path):
+            options[name] = options[name].absolute()
+    configs = []
+    for index in range(shard_count):
+        shard = Shard(index, shard_count)
+        if not shard_token(shard, os.environ, options["token_file"], options["token"]):
+            raise UsageError(f"no API token for {shard.label}: set {TOKEN_ENV}_{index}")
+        config = _make_config({**options, "shard_index": index}, sandbox=False)
+        configs.append(dataclasses.replace(config, **seams.config_overrides))
+    events.bind(snapshot_date=configs[0].snapshot_date, secret=None)
+    tokens = len({config.token for config in configs})
+    if tokens < len(configs):
+        _notice(
+            events,
+            json_logs,
+            f"{len(configs)} shards share {tokens} token{'s' * (tokens != 1)}: shards on one "
+            f"token share its rate limit (set {TOKEN_ENV}_<K> for each shard K)",
+        )
+    result = cluster.run_on_dask(
+        address, configs, on_shard=lambda shard: _notice(events, json_logs, shard.line())
+    )
+    for line in result.lines():
+        click.echo(line)
+    error = result.error()
+    if error is not None:
+        raise error
+
+
+def _notice(events: EventLog, json_logs: bool, text: str) -> None:
+    """A line for the user on stderr (a ``log`` event with --log-format json)."""
+    if json_logs:
+        events.log(text)
+    else:
+        click.echo(text, err=True)
 
 
 def _drifting_sandbox(
@@ -571,7 +645,14 @@ def _fail(code: int, message: str, *, trace: str | None = None) -> NoReturn:
 @cli.command("sandbox")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True)
-@click.option("--token", default="sandbox", show_default=True, help="The one valid token.")
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    default=("sandbox",),
+    show_default=True,
+    help="A valid token; repeat it for several accounts (see --rate-scope).",
+)
 @click.option(
     "--latency",
     default="0",
@@ -580,6 +661,13 @@ def _fail(code: int, message: str, *, trace: str | None = None) -> NoReturn:
     help="Seconds per response, uniform between MIN and MAX.",
 )
 @click.option("--rate-limit", type=float, default=None, help="Requests/s before code 302.")
+@click.option(
+    "--rate-scope",
+    type=click.Choice(["server", "token"]),
+    default="server",
+    show_default=True,
+    help="server: one limit for all callers; token: each --token its own limit (and schedule).",
+)
 @click.option(
     "--rate-schedule",
     default=None,
@@ -635,10 +723,13 @@ def _fail(code: int, message: str, *, trace: str | None = None) -> NoReturn:
 def sandbox_command(host: str, port: int, **options: Any) -> None:
     """Serve a realistic fake of get-user/v4 (and v3) on HOST:PORT until Ctrl-C."""
     drift = _sandbox_drift(options)
+    first, *more = options["tokens"]
     config = SandboxConfig.from_options(
-        token=options["token"],
+        token=first,
+        tokens=tuple(more),
         latency=_latency(options["latency"]),
         rate_limit=options["rate_limit"],
+        rate_scope=options["rate_scope"],
         rate_schedule=options["rate_schedule"],
         capacity=options["capacity"],
         retry_after=options["retry_after"],
@@ -660,9 +751,11 @@ def sandbox_command(host: str, port: int, **options: Any) -> None:
         )
         for line in plan.describe():
             click.echo(f"  {line}", err=True)
-    click.echo(
-        f"sandbox API on http://{host}:{port} (token {config.token!r}); Ctrl-C stops it", err=True
-    )
+    valid = config.valid_tokens
+    tokens = f"token {valid[0]!r}" if len(valid) == 1 else f"tokens {', '.join(map(repr, valid))}"
+    if config.rate_limit is not None or config.rate_schedule:
+        tokens += "; a rate limit per token" if config.rate_scope == "token" else ""
+    click.echo(f"sandbox API on http://{host}:{port} ({tokens}); Ctrl-C stops it", err=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how this command is meant to end
         asyncio.run(serve(config, host, port))
 

@@ -259,6 +259,21 @@ def test_a_taken_port_is_a_one_line_usage_error(sandbox) -> None:
     )
 
 
+def test_the_sandbox_takes_several_tokens_each_with_its_own_limit(sandbox) -> None:
+    port = urlsplit(sandbox().base_url).port
+    args = ["sandbox", "--port", str(port), "--token", "a", "--token", "b", "--rate-limit", "5"]
+    result = invoke([*args, "--rate-scope", "token"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[0] == (
+        f"sandbox API on http://127.0.0.1:{port} (tokens 'a', 'b'; a rate limit per token); "
+        "Ctrl-C stops it"
+    )
+    shared = invoke(args)
+    assert shared.stderr.splitlines()[0] == (
+        f"sandbox API on http://127.0.0.1:{port} (tokens 'a', 'b'); Ctrl-C stops it"
+    )
+
+
 # --- failure thresholds ----------------------------------------------------------------------
 
 

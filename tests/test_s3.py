@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -29,7 +30,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from pipeline import runner
+from pipeline import cluster, runner
 from pipeline.cli import Seams, cli
 from pipeline.config import RunConfig, Secret
 from pipeline.crashpoints import ENV as CRASH_ENV
@@ -207,6 +208,20 @@ def test_shards_into_s3_make_one_dataset_the_last_one_commits(
         f"dt={SNAPSHOT}.shard-0-of-2.sqlite",
         f"dt={SNAPSHOT}.shard-1-of-2.sqlite",
     ]
+
+
+@pytest.mark.slow  # a run into S3
+def test_a_dask_task_runs_its_shard_into_s3(sandbox: Any, s3: S3, tmp_path: Path) -> None:
+    """What a worker runs: the config ships whole (the URL, no secret) and writes to S3."""
+    api = sandbox()
+    csv_path = write_ids(tmp_path / "ids.csv", [make_id(i, "s3-task") for i in range(10)])
+    config = remote_config(s3, csv_path, api.base_url, shard=Shard(0, 1))
+    assert pickle.loads(pickle.dumps(config)) == config
+    facts = cluster.run_shard(config)
+    assert (facts["exit_code"], facts["message"]) == (0, ""), facts
+    result = cluster.ClusterResult.of("tcp://scheduler:8786", [config], [])
+    assert result.lines()[-1].startswith(f"output: {s3.url('out')}  ")
+    assert s3.read_dataset("out", SNAPSHOT).polars["profiles"].height == 10
 
 
 def invoke(args: list[str], **env: str | None) -> Result:

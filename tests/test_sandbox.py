@@ -347,6 +347,45 @@ def test_a_rate_schedule_changes_the_limit_at_the_seconds_it_names(
     assert box.stats().by_code[302] == late.count(302)
 
 
+def test_a_rate_limit_per_token_gives_each_account_its_own_bucket(
+    sandbox: SandboxFactory,
+) -> None:
+    """Three accounts at 2/s each: 2 answers each from a full bucket, 4 refusals each.  With
+    one shared bucket the second and third tokens would get nothing (see the next test)."""
+    box = sandbox(token="acct-0", tokens="acct-1,acct-2", rate_limit=2, rate_scope="token")
+    codes = {t: [get(box, uid, token=t).json()["code"] for uid in IDS[:6]] for t in TOKENS}
+    assert codes == {t: [0, 0, 302, 302, 302, 302] for t in TOKENS}
+    assert get(box, token="someone-else").json()["code"] == 100
+    stats = box.stats()
+    assert stats.calls_by_token == dict.fromkeys(TOKENS, 6)
+    assert stats.rate_limited_by_token == dict.fromkeys(TOKENS, 4)
+    assert stats.by_code == {0: 6, 302: 12, 100: 1}
+    assert SandboxStats.from_json(stats.to_json()) == stats
+
+
+def test_several_tokens_share_the_server_limit_by_default(sandbox: SandboxFactory) -> None:
+    box = sandbox(token="acct-0", tokens=("acct-1", "acct-2"), rate_limit=2)
+    codes = {t: [get(box, uid, token=t).json()["code"] for uid in IDS[:6]] for t in TOKENS}
+    assert codes == {"acct-0": [0, 0, *[302] * 4], "acct-1": [302] * 6, "acct-2": [302] * 6}
+    stats = box.stats()
+    assert stats.calls_by_token == dict.fromkeys(TOKENS, 6)
+    assert stats.rate_limited_by_token == {"acct-0": 4, "acct-1": 6, "acct-2": 6}
+
+
+def test_a_rate_schedule_applies_to_each_token_s_bucket(sandbox: SandboxFactory) -> None:
+    """``50@0,2@0.3`` per token: each bucket holds 50 early on, then at most 2."""
+    box = sandbox(token="acct-0", tokens="acct-1", rate_schedule="50@0,2@0.3", rate_scope="token")
+    early = [get(box, uid, token=t).json()["code"] for t in TOKENS[:2] for uid in IDS[:10]]
+    time.sleep(max(0.0, 0.35 - (time.monotonic() - box_born(box))))
+    late = {t: [get(box, uid, token=t).json()["code"] for uid in IDS[10:15]] for t in TOKENS[:2]}
+    assert early == [0] * 20
+    assert late == {t: [0, 0, 302, 302, 302] for t in TOKENS[:2]}
+    assert box.stats().rate_limited_by_token == {"acct-0": 3, "acct-1": 3}
+
+
+TOKENS = ("acct-0", "acct-1", "acct-2")
+
+
 def box_born(box: Sandbox) -> float:
     state = box._state
     assert state is not None
@@ -446,7 +485,8 @@ def test_the_script_and_stats_endpoints_drive_a_sandbox_over_http(
                             "by_code": {"301": 1, "600": 1, "0": 1}, "max_in_flight": 1,
                             "max_calls_per_second": 3, "latency_median_s": 0.0,
                             "latency_p90_s": 0.0, "in_flight": 0,
-                            "age_s": stats.json()["age_s"]}  # fmt: skip
+                            "age_s": stats.json()["age_s"], "calls_by_token": {"sandbox": 3},
+                            "rate_limited_by_token": {"sandbox": 0}}  # fmt: skip
     assert dataclasses.replace(SandboxStats.from_json(stats.content), age_s=0.0) == (
         dataclasses.replace(box.stats(), age_s=0.0)
     )
@@ -502,6 +542,9 @@ def test_from_options_parses_the_cli_strings() -> None:
     scheduled = SandboxConfig.from_options(rate_schedule="50@0,10@20,80@40", capacity="40")
     assert scheduled.rate_schedule == ((0.0, 50.0), (20.0, 10.0), (40.0, 80.0))
     assert scheduled.capacity == 40
+    accounts = SandboxConfig.from_options(token="a", tokens="b, c,a", rate_scope="token")
+    assert (accounts.valid_tokens, accounts.rate_scope) == (("a", "b", "c"), "token")
+    assert SandboxConfig().valid_tokens == ("sandbox",)
 
 
 @pytest.mark.parametrize(
@@ -524,6 +567,7 @@ def test_from_options_parses_the_cli_strings() -> None:
         {"never_succeed": 1.5},
         {"gone_versions": "v5"},
         {"token": ""},
+        {"rate_scope": "account"},
     ],
 )
 def test_from_options_refuses_bad_values_with_a_usage_error(options: dict[str, Any]) -> None:
@@ -531,6 +575,13 @@ def test_from_options_refuses_bad_values_with_a_usage_error(options: dict[str, A
         SandboxConfig.from_options(**options)
     assert isinstance(caught.value, UsageError) and isinstance(caught.value, ValueError)
     assert "\n" not in str(caught.value)
+
+
+def test_extra_tokens_are_a_tuple_of_non_empty_strings() -> None:
+    with pytest.raises(SandboxOptionError, match="must not be empty"):
+        SandboxConfig(tokens=("a", ""))
+    with pytest.raises(SandboxOptionError, match="not one string"):
+        SandboxConfig(tokens="ab")  # type: ignore[arg-type]
 
 
 def test_from_options_rejects_unknown_names() -> None:
@@ -544,7 +595,8 @@ def test_mode_aliases_resolve_to_canonical_names() -> None:
 
 
 def test_the_config_repr_does_not_show_the_token() -> None:
-    assert "hunter2" not in repr(SandboxConfig(token="hunter2"))
+    assert "hunter2" not in repr(SandboxConfig(token="hunter2", tokens=("hunter3",)))
+    assert "hunter" not in repr(SandboxConfig(token="hunter2", tokens=("hunter3",)))
 
 
 def test_a_port_in_use_is_a_usage_error_that_is_also_an_os_error(

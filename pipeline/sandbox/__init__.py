@@ -5,22 +5,25 @@ It serves ``make run`` without a token, every end-to-end test and the benchmark,
 Rules it follows:
 
 - A request passes these checks in order; the first that fires answers it: the version is in
-  ``gone_versions`` (HTTP 404 HTML) → the token is not ``config.token`` (code 100) → the daily
-  quota is used up (code 303) → the token bucket (``rate_limit`` a second, or what
-  ``rate_schedule`` says for that second of the server's life, e.g. 50/s, then 10/s from 20 s,
-  then 80/s from 40 s; a burst of one second's worth) is empty (code 302, HTTP 200) →
-  ``userId`` is not 24 hex characters (code
-  400) → the id's script, then the drift plan (an id gone or not yet born on the sandbox's date),
-  then ``never_succeed`` (code 500 for ever), then ``fault_mix`` (the id's first answered call
-  only) → success.  v3 also accepts a profile URL as ``userId``.
-  Every code-302 answer, limiter or scripted, carries ``Retry-After`` when ``retry_after`` is
-  set.  Latency is slept after the decision, so a client that gives up still paid for its call;
-  with ``capacity`` N, past N requests in flight it is the drawn latency x (in flight / N), as
-  a server that queues.
+  ``gone_versions`` (HTTP 404 HTML) → the token is not one of ``config.valid_tokens``
+  (``token`` and ``tokens``; code 100) → the daily quota is used up (code 303) → the token
+  bucket (``rate_limit`` a second, or what ``rate_schedule`` says for that second of the
+  server's life, e.g. 50/s, then 10/s from 20 s, then 80/s from 40 s; a burst of one second's
+  worth) is empty (code 302, HTTP 200): one bucket for the server, or with
+  ``rate_scope="token"`` one per valid token, as each real account has its own limit →
+  ``userId`` is not 24 hex characters (code 400) → the id's script, then the drift plan (an
+  id gone or not yet born on the sandbox's date), then ``never_succeed`` (code 500 for ever),
+  then ``fault_mix`` (the id's first answered call only) → success.  v3 also accepts a
+  profile URL as ``userId``.  Every code-302 answer, limiter or scripted, carries
+  ``Retry-After`` when ``retry_after`` is set.  Latency is slept after the decision, so a
+  client that gives up still paid for its call; with ``capacity`` N, past N requests in flight
+  it is the drawn latency x (in flight / N), as a server that queues.
 - The ledger is exact and written before any wait: every API request counts in ``calls`` and
   ``calls_by_id`` (what the vendor would bill); ``successes_by_id`` counts the answers a correct
   client stores as a profile (modes ``ok``, ``slow``, ``display_counts``, ``code_string``), and
-  those are what the daily quota counts.  ``by_code`` keys are the body's business code, the HTTP
+  those are what the daily quota counts (one quota for the server, whatever the scope of the
+  rate); ``calls_by_token`` and ``rate_limited_by_token`` count the calls and the
+  limiter's 302s of each valid token.  ``by_code`` keys are the body's business code, the HTTP
   status for non-JSON answers (and ``no_code``), or -1 when no complete answer was sent.  It
   also keeps the most requests held at once (``max_in_flight``), the most that arrived within
   any one second (``max_calls_per_second``, a sliding window) and the median and 90th

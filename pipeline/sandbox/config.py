@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -17,6 +17,8 @@ from pipeline.errors import SandboxOptionError
 from pipeline.sandbox.drift import DriftPlan, parse_date
 
 API_PATH: Final = "/api/xiaohongshu/get-user/{version}"
+RateScope = Literal["server", "token"]
+RATE_SCOPES: Final[tuple[RateScope, ...]] = ("server", "token")
 VERSIONS: Final = frozenset({"v3", "v4"})
 NO_RESPONSE: Final = -1
 MESSAGES: Final = {
@@ -97,8 +99,13 @@ class SandboxConfig:
     """How the fake API behaves; immutable, validated on construction (mode names canonical)."""
 
     token: str = field(default="sandbox", repr=False)
+    # More valid tokens besides ``token``: one per account of a sharded run.
+    tokens: tuple[str, ...] = field(default=(), repr=False)
     latency: tuple[float, float] = (0.0, 0.0)
     rate_limit: float | None = None
+    # "server": one token bucket for every caller; "token": each valid token has its own
+    # (``rate_limit``, its burst and ``rate_schedule`` alike), as each real account does.
+    rate_scope: RateScope = "server"
     # (second of the server's life, requests/s from then on): the limit changes during a run;
     # before the first entry ``rate_limit`` applies.
     rate_schedule: tuple[tuple[float, float], ...] = ()
@@ -119,8 +126,15 @@ class SandboxConfig:
         lo, hi = float(self.latency[0]), float(self.latency[1])
         if not 0 <= lo <= hi:
             raise SandboxOptionError(f"latency must be 0 <= MIN <= MAX seconds, got {lo}..{hi}")
-        if not self.token:
+        if isinstance(self.tokens, str):  # type: ignore[unreachable]  # for untyped callers
+            raise SandboxOptionError("tokens must be a tuple of strings, not one string")
+        tokens = tuple(self.tokens)
+        if not self.token or not all(isinstance(t, str) and t for t in tokens):
             raise SandboxOptionError("the sandbox token must not be empty")
+        if self.rate_scope not in RATE_SCOPES:
+            raise SandboxOptionError(
+                f"rate_scope must be one of {', '.join(RATE_SCOPES)}, got {self.rate_scope!r}"
+            )
         if self.rate_limit is not None and not self.rate_limit > 0:
             raise SandboxOptionError(f"rate_limit must be > 0 requests/s, got {self.rate_limit}")
         schedule = tuple((float(at), float(rate)) for at, rate in self.rate_schedule)
@@ -144,6 +158,7 @@ class SandboxConfig:
         if not self.gone_versions <= VERSIONS:
             raise SandboxOptionError(f"gone_versions must be among {sorted(VERSIONS)}")
         object.__setattr__(self, "latency", (lo, hi))
+        object.__setattr__(self, "tokens", tokens)
         object.__setattr__(self, "rate_schedule", schedule)
         object.__setattr__(self, "fault_mix", MappingProxyType(fault_mix))
         object.__setattr__(self, "scripts", MappingProxyType(scripts))
@@ -155,6 +170,11 @@ class SandboxConfig:
                 raise SandboxOptionError(_NO_DRIFT)
             object.__setattr__(self, "as_of", parse_date(self.as_of, "as_of"))
 
+    @property
+    def valid_tokens(self) -> tuple[str, ...]:
+        """``token`` then ``tokens``, each once: the tokens the server accepts."""
+        return tuple(dict.fromkeys((self.token, *self.tokens)))
+
     @classmethod
     def from_options(cls, **kwargs: Any) -> SandboxConfig:
         """Build from loose option values: strings are parsed, ``None`` means the default.
@@ -163,7 +183,8 @@ class SandboxConfig:
         ``fault_mix``: ``"301:0.05,reset:0.02"``; ``scripts``: ``"ID=mode,mode;ID2=mode"``;
         ``gone_versions``: ``"v4"`` or ``"v3,v4"`` or any iterable; ``drift``: a ``DriftPlan``
         or the path of its JSON file; ``as_of``: a date or ``"YYYY-MM-DD"``; ``rate_schedule``:
-        ``"50@0,10@20,80@40"`` (requests/s from that second of the server's life on).
+        ``"50@0,10@20,80@40"`` (requests/s from that second of the server's life on);
+        ``tokens``: ``"a,b,c"`` or any iterable; ``rate_scope``: ``"server"`` or ``"token"``.
         """
         unknown = set(kwargs) - set(cls.__dataclass_fields__)
         if unknown:
@@ -176,6 +197,10 @@ class SandboxConfig:
                 values["fault_mix"] = _parse_fault_mix(values["fault_mix"])
             if isinstance(values.get("scripts"), str):
                 values["scripts"] = _parse_scripts(values["scripts"])
+            if "tokens" in values:
+                given = values["tokens"]
+                items = given.split(",") if isinstance(given, str) else given
+                values["tokens"] = tuple(t.strip() for t in items if t.strip())
             if isinstance(values.get("rate_schedule"), str):
                 values["rate_schedule"] = _parse_schedule(values["rate_schedule"])
             if "gone_versions" in values:
@@ -261,7 +286,10 @@ class SandboxStats:
     ``max_in_flight``: the most requests the server held at once; ``max_calls_per_second``: the
     most API requests that arrived within any one second (a sliding window); ``latency_median_s``
     and ``latency_p90_s``: of the latencies it applied (to the millisecond), None before any;
-    ``in_flight`` and ``age_s``: the requests held and the server's age at the snapshot.
+    ``in_flight`` and ``age_s``: the requests held and the server's age at the snapshot;
+    ``calls_by_token``: the API requests that carried each valid token (every one listed, from
+    0; a call with any other token is in ``by_code[100]`` only, so the ledger never repeats an
+    unknown token), and ``rate_limited_by_token`` the code-302 answers of its token bucket.
     """
 
     calls: int
@@ -274,6 +302,8 @@ class SandboxStats:
     latency_p90_s: float | None = None
     in_flight: int = 0  # requests held now
     age_s: float = 0.0  # seconds since the server started (the clock of ``rate_schedule``)
+    calls_by_token: dict[str, int] = field(default_factory=dict)
+    rate_limited_by_token: dict[str, int] = field(default_factory=dict)
 
     @property
     def successes(self) -> int:
@@ -297,4 +327,6 @@ class SandboxStats:
             raw.get("latency_p90_s"),
             int(raw.get("in_flight", 0)),
             float(raw.get("age_s", 0.0)),
+            {str(t): int(n) for t, n in raw.get("calls_by_token", {}).items()},
+            {str(t): int(n) for t, n in raw.get("rate_limited_by_token", {}).items()},
         )

@@ -57,6 +57,34 @@ _ABSENT: Final = {name: parse_mode(name) for name in (EMPTY_DATA, NOT_FOUND)}
 _NO_DRIFT_PLAN: Final = "this sandbox has no drift plan (--drift): every date answers the same"
 
 
+class _Bucket:
+    """A token bucket: ``limit`` tokens a second (None: no limit), a second's worth of burst,
+    full at the start."""
+
+    __slots__ = ("burst", "limit", "refilled_at", "tokens")
+
+    def __init__(self, limit: float | None, now: float) -> None:
+        self.limit = limit
+        self.burst = max(1.0, limit or 0.0)
+        self.tokens = self.burst
+        self.refilled_at = now
+
+    def set_limit(self, limit: float | None) -> None:
+        if limit != self.limit:
+            self.limit, self.burst = limit, max(1.0, limit or 0.0)
+
+    def take(self, now: float) -> bool:
+        limit = self.limit
+        if limit is None:
+            return True
+        self.tokens = min(self.burst, self.tokens + (now - self.refilled_at) * limit)
+        self.refilled_at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
 class _ServerState:
     """The ledger, scripts and token bucket of one server; touched only by its event loop."""
 
@@ -75,10 +103,13 @@ class _ServerState:
         self.ledger: dict[str, list[int]] = {}  # id → [calls, successes, calls past the checks]
         self.by_code: dict[int, int] = {}
         self.born = time.monotonic()
-        self.limit = self._limit_at(0.0)
-        self.burst = max(1.0, self.limit or 0.0)
-        self.tokens = self.burst
-        self.refilled_at = self.born
+        self.valid_tokens = frozenset(config.valid_tokens)
+        # One bucket for the server, or one per valid token (``rate_scope="token"``).
+        limit = self._limit_at(0.0)
+        scopes = config.valid_tokens if config.rate_scope == "token" else ("",)
+        self.buckets = {scope: _Bucket(limit, self.born) for scope in scopes}
+        self.calls_by_token = dict.fromkeys(config.valid_tokens, 0)
+        self.limited_by_token = dict.fromkeys(config.valid_tokens, 0)
         self.in_flight = 0
         self.max_in_flight = 0
         self.arrivals: deque[float] = deque()  # API requests of the last second
@@ -149,33 +180,28 @@ class _ServerState:
 
     def _gate(self, version: str, token: str | None, user_id: str, now: float) -> Mode | None:
         config = self.config
+        if token is not None and token in self.valid_tokens:
+            self.calls_by_token[token] += 1
         if version in config.gone_versions or version not in VERSIONS:
             return _GONE
-        if token != config.token:
+        if token is None or token not in self.valid_tokens:
             return _REJECTIONS[100]
         if config.daily_quota is not None and self.successes >= config.daily_quota:
             return _REJECTIONS[303]
-        if not self._take_token(now):
+        if not self._take_token(token, now):
+            self.limited_by_token[token] += 1
             return _REJECTIONS[302]
         if not _ID.fullmatch(user_id):
             return _REJECTIONS[400]
         return None
 
-    def _take_token(self, now: float) -> bool:
-        """The token bucket: ``limit`` a second (from the schedule, if any), a second's burst."""
-        limit = self.limit
+    def _take_token(self, token: str, now: float) -> bool:
+        """The caller's token bucket (the server's, or its token's): ``limit`` a second (from
+        the schedule, if any), a second's burst."""
+        bucket = self.buckets[token if self.config.rate_scope == "token" else ""]
         if self.config.rate_schedule:
-            limit = self._limit_at(now - self.born)
-            if limit != self.limit:
-                self.limit, self.burst = limit, max(1.0, limit or 0.0)
-        if limit is None:
-            return True
-        self.tokens = min(self.burst, self.tokens + (now - self.refilled_at) * limit)
-        self.refilled_at = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
+            bucket.set_limit(self._limit_at(now - self.born))
+        return bucket.take(now)
 
     def _limit_at(self, age: float) -> float | None:
         """Requests/s allowed ``age`` seconds into the server's life (None: no limit)."""
@@ -250,6 +276,8 @@ class _ServerState:
             latency_p90_s=self._latency_quantile(0.9),
             in_flight=self.in_flight,
             age_s=round(time.monotonic() - self.born, 3),
+            calls_by_token=dict(self.calls_by_token),
+            rate_limited_by_token=dict(self.limited_by_token),
         )
 
     def _latency_quantile(self, share: float) -> float | None:
