@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import fnmatch
 import hashlib
 import json
+import posixpath
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -30,6 +32,7 @@ from pipeline.crashpoints import crash_point
 from pipeline.records import Part
 from pipeline.schema import PROFILE_CHANGES, TABLES
 from pipeline.shards import Shard
+from pipeline.storage import Store
 
 # The counts a combined summary adds up over the shards.
 _SNAPSHOT_COUNTS: Final = (
@@ -50,18 +53,19 @@ class Assembly:
 
     done: tuple[int, ...]
     count: int
-    manifest: Path | None
+    manifest: Path | str | None  # a Path for a folder given as one, else the manifest's key
 
     @property
     def waiting_for(self) -> tuple[int, ...]:
         return tuple(k for k in range(self.count) if k not in self.done)
 
 
-def assemble(out_dir: Path, snapshot_date: dt.date, shard: Shard) -> Assembly:
+def assemble(out: Store | Path, snapshot_date: dt.date, shard: Shard) -> Assembly:
     """Commit the snapshot if every shard of ``shard.count`` has its manifest; else wait."""
+    store = sink.store_of(out)
     manifests = {
         s.index: m
-        for s, m in sink.read_shard_manifests(out_dir, snapshot_date).items()
+        for s, m in sink.read_shard_manifests(store, snapshot_date).items()
         if s.count == shard.count
     }
     done = tuple(sorted(manifests))
@@ -76,15 +80,15 @@ def assemble(out_dir: Path, snapshot_date: dt.date, shard: Shard) -> Assembly:
         for entry in entries
     ]
     by_table = {t.name: [p.path for p in parts if p.table == t.name] for t in TABLES}
-    frame = changes.compute_for(out_dir, snapshot_date, by_table)
+    frame = changes.compute_for(store, snapshot_date, by_table)
     name = f"part-snapshot-{_fingerprint(ordered)}.parquet"
-    part = sink.write_part(out_dir, PROFILE_CHANGES, snapshot_date, frame, shard=shard, name=name)
+    part = sink.write_part(store, PROFILE_CHANGES, snapshot_date, frame, shard=shard, name=name)
     failures_rows = sink.write_combined_failures(
-        out_dir, snapshot_date, [m["failures"]["path"] for m in ordered], shard
+        store, snapshot_date, [m["failures"]["path"] for m in ordered], shard
     )
     crash_point("mid_assembly")
-    path = sink.write_manifest(
-        out_dir,
+    key = sink.write_manifest(
+        store,
         snapshot_date,
         [*parts, part],
         failures_rows,
@@ -93,11 +97,11 @@ def assemble(out_dir: Path, snapshot_date: dt.date, shard: Shard) -> Assembly:
     )
     stale = [
         Part(PROFILE_CHANGES.name, p, 0)
-        for p in _changes_files(out_dir, snapshot_date)
+        for p in _changes_files(store, snapshot_date)
         if p != part.path
     ]
-    sink.delete_parts(out_dir, stale)
-    return Assembly(done, shard.count, path)
+    sink.delete_parts(store, stale)
+    return Assembly(done, shard.count, out / key if isinstance(out, Path) else key)
 
 
 def combined_summary(manifests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -148,10 +152,12 @@ def _fingerprint(manifests: Sequence[Mapping[str, Any]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _changes_files(out_dir: Path, snapshot_date: dt.date) -> list[str]:
-    folder = sink.partition_dir(out_dir, PROFILE_CHANGES.name, snapshot_date)
+def _changes_files(store: Store, snapshot_date: dt.date) -> list[str]:
+    folder = sink.partition_key(PROFILE_CHANGES.name, snapshot_date)
     return [
-        p.relative_to(out_dir).as_posix() for p in sorted(folder.glob("part-snapshot-*.parquet"))
+        key
+        for key in store.listdir(folder, ".parquet")
+        if fnmatch.fnmatchcase(posixpath.basename(key), "part-snapshot-*.parquet")
     ]
 
 

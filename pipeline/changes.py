@@ -21,7 +21,9 @@ Rules:
    median absolute deviation, so one earlier spike does not hide the next.
 6. Everything is read lazily from the files a manifest (or, for the snapshot being finished,
    the state) lists, never by globbing a partition: a crash orphan may sit there.  Memory
-   depends on the creators of two snapshots, not on how many snapshots exist.
+   depends on the creators of two snapshots, not on how many snapshots exist.  A remote OUT is
+   read through its store's own filesystem (pyarrow over fsspec): the same client, endpoint
+   and credentials as the writes.
 7. The result is sorted by ``user_id`` and depends only on the data: rerunning gives the same
    rows.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,9 +40,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as pads
 
 from pipeline import sink
-from pipeline.errors import StorageError, UsageError
+from pipeline.errors import MissingFileError, StorageError, UsageError
 from pipeline.records import Part
 from pipeline.schema import (
     CHANGE_COUNTERS,
@@ -58,6 +63,7 @@ from pipeline.schema import (
     SPIKE_ROBUST_Z,
 )
 from pipeline.state import State
+from pipeline.storage import Store
 
 HISTORY_SNAPSHOTS: Final = 30
 _MAD_TO_SIGMA: Final = 1.4826
@@ -68,13 +74,15 @@ Tiers = Sequence[tuple[int, str, str]]
 
 @dataclass(frozen=True, slots=True)
 class SnapshotFiles:
-    """The files of one snapshot that ``changes`` reads (paths relative to OUT or absolute)."""
+    """The files of one snapshot that ``changes`` reads (paths relative to OUT or absolute;
+    with a remote ``store``, keys in it)."""
 
     snapshot_date: dt.date
     profiles: tuple[Path, ...]
     tags: tuple[Path, ...]
     interactions: tuple[Path, ...]
     failures: Path | None = None
+    store: Store | None = None  # a remote OUT; None: the paths are on this machine
 
 
 def compute(
@@ -84,7 +92,8 @@ def compute(
     *,
     tiers: Tiers = DEFAULT_TIERS,
 ) -> pl.DataFrame:
-    """The ``profile_changes`` rows of ``later`` against ``baseline`` (empty without one)."""
+    """The ``profile_changes`` rows of ``later`` against ``baseline`` (empty without one);
+    ``history`` is read from ``later``'s store."""
     if baseline is None:
         return pl.DataFrame(schema=PROFILE_CHANGES.schema)
     if baseline.snapshot_date >= later.snapshot_date:
@@ -97,9 +106,9 @@ def compute(
         then = _side(baseline).rename(lambda c: c if c == "user_id" else f"{c}__then")
         joined = now.join(then, on="user_id", how="full", coalesce=True)
         joined = joined.join(_failures(later), on="user_id", how="left")
-        joined = joined.join(_history(history), on="user_id", how="left")
+        joined = joined.join(_history(history, later.store), on="user_id", how="left")
         frame = _columns(joined, baseline.snapshot_date, days, tiers).collect()
-    except (OSError, pl.exceptions.PolarsError) as exc:
+    except (OSError, pl.exceptions.PolarsError, pa.ArrowException, *_errors(later)) as exc:
         raise StorageError(
             f"cannot read the snapshots {baseline.snapshot_date} and {later.snapshot_date} to "
             f"compare them ({exc}); check the files the manifests list"
@@ -107,30 +116,43 @@ def compute(
     return frame.select(PROFILE_CHANGES.column_names).cast(PROFILE_CHANGES.schema).sort("user_id")
 
 
-def _scan(paths: Sequence[Path], columns: Sequence[str]) -> pl.LazyFrame:
+def _errors(files: SnapshotFiles) -> tuple[type[BaseException], ...]:
+    return files.store.errors if files.store is not None else ()
+
+
+def _scan(paths: Sequence[Path], columns: Sequence[str], store: Store | None) -> pl.LazyFrame:
     if not paths:
         raise ValueError("a snapshot has at least one file per table")
-    return pl.scan_parquet(list(paths)).select(columns)
+    if store is None or store.is_local:
+        return pl.scan_parquet(list(paths)).select(columns)
+    dataset = pads.dataset(
+        [store.arrow_path(p.as_posix()) for p in paths],
+        filesystem=store.arrow_filesystem(),
+        format="parquet",
+    )
+    return pl.scan_pyarrow_dataset(dataset).select(columns)
 
 
 def _side(files: SnapshotFiles) -> pl.LazyFrame:
     """One snapshot's values per user: counters, identity, tags, and whether counts were rounded."""
     profiles = _scan(
-        files.profiles, ["user_id", *_COUNTS, *(c for c in _IDENTITY.values() if c != "tags")]
+        files.profiles,
+        ["user_id", *_COUNTS, *(c for c in _IDENTITY.values() if c != "tags")],
+        files.store,
     ).with_columns(
         likes_saves=pl.col("liked") + pl.col("collected"),
         verified=pl.col("red_official_verified"),
         present=pl.lit(True),
     )
     tags = (
-        _scan(files.tags, ["user_id", "position", "name"])
+        _scan(files.tags, ["user_id", "position", "name"], files.store)
         .filter(pl.col("name").is_not_null())
         .sort("user_id", "position")
         .group_by("user_id", maintain_order=True)
         .agg(tags=pl.col("name"))
     )
     rounded = (
-        _scan(files.interactions, ["user_id", "count_text"])
+        _scan(files.interactions, ["user_id", "count_text"], files.store)
         .group_by("user_id")
         .agg(rounded=(~pl.col("count_text").str.contains(r"^-?[0-9]+$")).any())
     )
@@ -146,15 +168,25 @@ def _failures(files: SnapshotFiles) -> pl.LazyFrame:
     empty = pl.LazyFrame(
         schema={"user_id": pl.String, "failure_code": pl.Int64, "failure_message": pl.String}
     )
-    if files.failures is None or not files.failures.exists():
+    types = {"user_id": pl.String, "code": pl.Int64, "message": pl.String}
+    if files.failures is None:
         return empty
-    return pl.scan_csv(
-        files.failures,
-        schema_overrides={"user_id": pl.String, "code": pl.Int64, "message": pl.String},
-    ).select("user_id", failure_code=pl.col("code"), failure_message=pl.col("message"))
+    if files.store is not None and not files.store.is_local:
+        try:
+            data = files.store.read_bytes(files.failures.as_posix())
+        except MissingFileError:
+            return empty
+        failures = pl.read_csv(io.BytesIO(data), schema_overrides=types).lazy()
+    elif not files.failures.exists():
+        return empty
+    else:
+        failures = pl.scan_csv(files.failures, schema_overrides=types)
+    return failures.select(
+        "user_id", failure_code=pl.col("code"), failure_message=pl.col("message")
+    )
 
 
-def _history(paths: Sequence[Path]) -> pl.LazyFrame:
+def _history(paths: Sequence[Path], store: Store | None) -> pl.LazyFrame:
     """Each creator's earlier daily follower changes: median, MAD and how many there are."""
     schema = {
         "user_id": pl.String,
@@ -164,10 +196,8 @@ def _history(paths: Sequence[Path]) -> pl.LazyFrame:
     }
     if not paths:
         return pl.LazyFrame(schema=schema)
-    per_day = (
-        pl.scan_parquet(list(paths))
-        .select("user_id", "fans_per_day")
-        .filter(pl.col("fans_per_day").is_not_null())
+    per_day = _scan(paths, ["user_id", "fans_per_day"], store).filter(
+        pl.col("fans_per_day").is_not_null()
     )
     return (
         per_day.group_by("user_id")
@@ -335,7 +365,7 @@ def _signed(value: pl.Expr) -> pl.Expr:
 
 def write(
     state: State,
-    out_dir: Path,
+    out: Store | Path,
     snapshot_date: dt.date,
     *,
     baseline_date: dt.date | None = None,
@@ -349,17 +379,18 @@ def write(
     state transaction, so a kill at any point leaves one or the other (and an orphan the next
     run removes).
     """
+    store = sink.store_of(out)
     parts = {t: [p.path for p in state.parts(t)] for t in _READ}
-    frame = compute_for(out_dir, snapshot_date, parts, baseline_date=baseline_date, tiers=tiers)
+    frame = compute_for(store, snapshot_date, parts, baseline_date=baseline_date, tiers=tiers)
     old = state.parts(PROFILE_CHANGES.name)
-    part = sink.write_part(out_dir, PROFILE_CHANGES, snapshot_date, frame)
+    part = sink.write_part(store, PROFILE_CHANGES, snapshot_date, frame)
     state.replace_parts(old, [part])
-    sink.delete_parts(out_dir, old)
+    sink.delete_parts(store, old)
     return part
 
 
 def compute_for(
-    out_dir: Path,
+    out: Store | Path,
     snapshot_date: dt.date,
     parts: Mapping[str, Sequence[str]],
     *,
@@ -368,23 +399,26 @@ def compute_for(
 ) -> pl.DataFrame:
     """The changes of the snapshot made of ``parts`` (paths relative to OUT, by table) against
     ``baseline_date`` (default: the latest earlier complete snapshot), with its history."""
-    earlier = [d for d in sink.manifest_dates(out_dir) if d < snapshot_date]
+    store = sink.store_of(out)
+    earlier = [d for d in sink.manifest_dates(store) if d < snapshot_date]
     if baseline_date is None and earlier:
         baseline_date = earlier[-1]
     baseline = None
     if baseline_date is not None:
-        manifest = sink.read_manifest(out_dir, baseline_date)
+        manifest = sink.read_manifest(store, baseline_date)
         if manifest is None:
-            raise UsageError(f"no complete snapshot {baseline_date} in {out_dir} to compare with")
-        baseline = _files_of(out_dir, baseline_date, _manifest_parts(manifest))
+            raise UsageError(
+                f"no complete snapshot {baseline_date} in {store.display} to compare with"
+            )
+        baseline = _files_of(store, baseline_date, _manifest_parts(manifest))
     history = [
-        out_dir / path
+        _path(store, key)
         for day in earlier[-HISTORY_SNAPSHOTS:]
-        for path in _manifest_parts(sink.read_manifest(out_dir, day) or {}).get(
+        for key in _manifest_parts(sink.read_manifest(store, day) or {}).get(
             PROFILE_CHANGES.name, []
         )
     ]
-    return compute(_files_of(out_dir, snapshot_date, parts), baseline, history, tiers=tiers)
+    return compute(_files_of(store, snapshot_date, parts), baseline, history, tiers=tiers)
 
 
 _READ: Final = ("profiles", "profile_tags", "profile_interactions")
@@ -399,37 +433,43 @@ class Rebuilt:
 
 
 def rebuild(
-    out_dir: Path,
+    out: Store | Path,
     snapshot_date: dt.date | None = None,
     baseline_date: dt.date | None = None,
     *,
     tiers: Tiers = DEFAULT_TIERS,
+    state_dir: Path | None = None,
 ) -> Rebuilt:
     """``xhs-profiles changes``: recompute a complete snapshot's changes (default the latest,
-    against the one before) and list the new file in its manifest.  Holds the run lock."""
-    complete = sink.manifest_dates(out_dir)
+    against the one before) and list the new file in its manifest.  Holds the run lock (in
+    ``state_dir``, which a remote OUT needs: its checkpoint is on this machine)."""
+    store = sink.store_of(out)
+    where = store.display
+    complete = sink.manifest_dates(store)
     if not complete:
-        raise UsageError(f"no complete snapshot in {out_dir}: run xhs-profiles run first")
+        raise UsageError(f"no complete snapshot in {where}: run xhs-profiles run first")
     day = snapshot_date or complete[-1]
     if day not in complete:
-        raise UsageError(f"snapshot {day} in {out_dir} is not complete (no manifest)")
+        raise UsageError(f"snapshot {day} in {where} is not complete (no manifest)")
     if baseline_date is not None and baseline_date >= day:
         raise UsageError(f"--from {baseline_date} must be before --to {day}")
-    manifest = sink.read_manifest(out_dir, day) or {}
-    if sink.read_shard_manifests(out_dir, day):
-        part = _rewrite_sharded(out_dir, day, manifest, baseline_date, tiers)
+    manifest = sink.read_manifest(store, day) or {}
+    if sink.read_shard_manifests(store, day):
+        part = _rewrite_sharded(store, day, manifest, baseline_date, tiers)
     else:
-        with State.open(out_dir, day) as state:
-            part = write(state, out_dir, day, baseline_date=baseline_date, tiers=tiers)
-            sink.rewrite_manifest(out_dir, day, state.parts())
+        local = out if isinstance(out, Path) else where
+        with State.open(local, day, state_dir=state_dir) as state:
+            part = write(state, store, day, baseline_date=baseline_date, tiers=tiers)
+            sink.rewrite_manifest(store, day, state.parts())
     earlier = [d for d in complete if d < day]
     baseline = baseline_date or (earlier[-1] if earlier else None)
-    flags = pl.scan_parquet(out_dir / part.path).select(pl.col("flags").list.len() > 0).sum()
-    return Rebuilt(day, baseline, part, int(flags.collect().item()))
+    flags = _scan([_path(store, part.path)], ["flags"], store)
+    flagged = flags.select(pl.col("flags").list.len() > 0).sum().collect().item()
+    return Rebuilt(day, baseline, part, int(flagged))
 
 
 def _rewrite_sharded(
-    out_dir: Path,
+    store: Store,
     day: dt.date,
     manifest: Mapping[str, Any],
     baseline_date: dt.date | None,
@@ -438,12 +478,12 @@ def _rewrite_sharded(
     """A sharded snapshot has no one state to record the new file in: its manifest lists it.
     The name is a hash of what the rows depend on, so a rerun writes the same file."""
     listed = _manifest_parts(manifest)
-    frame = compute_for(out_dir, day, listed, baseline_date=baseline_date, tiers=tiers)
+    frame = compute_for(store, day, listed, baseline_date=baseline_date, tiers=tiers)
     key = hashlib.sha256(
         json.dumps([listed, str(baseline_date), [list(t) for t in tiers]]).encode()
     ).hexdigest()[:16]
     name = f"part-snapshot-{key}.parquet"
-    part = sink.write_part(out_dir, PROFILE_CHANGES, day, frame, name=name)
+    part = sink.write_part(store, PROFILE_CHANGES, day, frame, name=name)
     old = [
         Part(PROFILE_CHANGES.name, path, 0)
         for path in listed.get(PROFILE_CHANGES.name, [])
@@ -456,8 +496,8 @@ def _rewrite_sharded(
         if table != PROFILE_CHANGES.name
         for entry in entries
     ]
-    sink.rewrite_manifest(out_dir, day, [*kept, part])
-    sink.delete_parts(out_dir, old)
+    sink.rewrite_manifest(store, day, [*kept, part])
+    sink.delete_parts(store, old)
     return part
 
 
@@ -490,14 +530,20 @@ def _manifest_parts(manifest: Mapping[str, Any]) -> dict[str, list[str]]:
     }
 
 
-def _files_of(out_dir: Path, day: dt.date, parts: Mapping[str, Sequence[str]]) -> SnapshotFiles:
+def _files_of(store: Store, day: dt.date, parts: Mapping[str, Sequence[str]]) -> SnapshotFiles:
     def paths(table: str) -> tuple[Path, ...]:
-        return tuple(out_dir / p for p in parts.get(table, ()))
+        return tuple(_path(store, p) for p in parts.get(table, ()))
 
     return SnapshotFiles(
         day,
         profiles=paths("profiles"),
         tags=paths("profile_tags"),
         interactions=paths("profile_interactions"),
-        failures=sink.failures_path(out_dir, day),
+        failures=_path(store, sink.failures_key(day)),
+        store=None if store.is_local else store,
     )
+
+
+def _path(store: Store, key: str) -> Path:
+    """A file as ``compute`` reads it: its path in a folder, its key in an object store."""
+    return Path(store.uri(key)) if store.is_local else Path(key)

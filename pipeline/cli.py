@@ -27,7 +27,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import click
 import httpx
 
-from pipeline import changes, cluster, runner, schema, sink, status
+from pipeline import changes, cluster, runner, schema, sink, status, storage
 from pipeline.config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -45,6 +45,7 @@ from pipeline.errors import (
     FailureThresholdExceeded,
     Interrupted,
     SandboxOptionError,
+    StorageError,
     UsageError,
     XhsProfilesError,
 )
@@ -154,10 +155,31 @@ def _debug_option(help_text: str) -> Callable[[_Command], _Command]:
     return click.option("--debug", is_flag=True, callback=remember, help=help_text)
 
 
+def _state_dir_option(help_text: str) -> Callable[[_Command], _Command]:
+    return click.option(
+        "--state-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help=f"{help_text} Default: DIR/_state; for a URL, the cache folder the run used.",
+    )
+
+
 @click.group(cls=_Group, name="xhs-profiles")
 @click.version_option(package_name="xhs-profiles")
 def cli() -> None:
     """Fetch Xiaohongshu creator profiles from Just One API into Hive-partitioned Parquet."""
+
+
+class _OutLocation(click.Path):
+    """``--out``: a folder, as ``click.Path`` always took it (``file:///path`` too), or an
+    object store's URL (``s3://bucket/prefix``), kept as canonical text."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and storage.is_remote(value):
+            return storage.canonical_url(value)
+        if isinstance(value, str) and value[:7].lower() == "file://":
+            value = str(storage.file_url_path(value))
+        return super().convert(value, param, ctx)
 
 
 @cli.command("run", epilog=EXIT_CODES_HELP)
@@ -166,8 +188,10 @@ def cli() -> None:
     "--out",
     "out_dir",
     required=True,
-    type=click.Path(path_type=Path),
-    help="Output folder: tables, failures, state, run summaries.",
+    metavar="DIR|URL",
+    type=_OutLocation(path_type=Path),
+    help="Output folder, or an object store URL such as s3://bucket/prefix (credentials from "
+    "the AWS environment): tables, failures, manifests, run summaries.",
 )
 @click.option(
     "--token",
@@ -302,7 +326,8 @@ def cli() -> None:
     "--state-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Where the checkpoint (SQLite) and its lock live. Default: OUT/_state.",
+    help="Where the checkpoint (SQLite) and its lock live, on a local disk. Default: "
+    "OUT/_state; for a URL --out, $XDG_CACHE_HOME/xhs-profiles/<hash of the URL>.",
 )
 @click.option(
     "--sandbox",
@@ -384,10 +409,12 @@ def _run_on_dask(
     if options["dry_run"]:
         raise UsageError("--dry-run cannot go with --dask: run it without --dask")
     cluster.import_distributed()  # before anything else: without the extra, one line says so
-    # The workers open these paths: absolute, so that a worker's own folder does not matter.
+    # The workers open these paths: absolute, so that a worker's own folder does not matter
+    # (an --out URL is the same everywhere; the workers' state then goes to --state-dir, or to
+    # the cache folder as this machine names it).
     for name in ("input_csv", "out_dir", "state_dir"):
-        if options[name] is not None:
-            options[name] = Path(options[name]).absolute()
+        if isinstance(options[name], Path):
+            options[name] = options[name].absolute()
     configs = []
     for index in range(shard_count):
         shard = Shard(index, shard_count)
@@ -423,13 +450,17 @@ def _notice(events: EventLog, json_logs: bool, text: str) -> None:
 
 
 def _drifting_sandbox(
-    input_csv: Path, id_column: str | None, out_dir: Path, day: dt.date
+    input_csv: Path, id_column: str | None, out: Path | str, day: dt.date
 ) -> SandboxConfig:
     """``--sandbox`` answers as of the snapshot date, in a history that starts at the oldest
     complete snapshot in --out: a series of daily runs sees its creators grow, and the demo
     plan's events (a spike, a rename, a deletion, ...) on days 3 to 6 of the series."""
     ids = [row.user_id for row in open_id_file(input_csv, id_column) if row.user_id]
-    start = min([*sink.manifest_dates(out_dir), day])
+    try:
+        dates = sink.manifest_dates(storage.open_store(out))
+    except StorageError:
+        dates = []  # an OUT that cannot be read: the run's own check of it says why, next
+    start = min([*dates, day])
     return drift_config_for(
         day, ids, start=start, latency=(0.01, 0.05), fault_mix="301:0.1,500:0.05"
     )
@@ -493,9 +524,14 @@ def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
     token = options["token"]
     if not sandbox:
         token = shard_token(shard, os.environ, options["token_file"], token)
+    out, state_dir = options["out_dir"], options["state_dir"]
+    if isinstance(out, str):  # a URL: the checkpoint goes to a local folder, never to OUT
+        state_dir = state_dir or storage.default_state_dir(out)
+        extra.update(out_url=out, out_dir=state_dir)
+    else:
+        extra["out_dir"] = out
     return RunConfig(
         input_path=options["input_csv"],
-        out_dir=options["out_dir"],
         token=Secret(token or ""),
         base_url=validate_base_url(base_url or DEFAULT_BASE_URL),
         api_version=options["api_version"],
@@ -511,7 +547,7 @@ def _make_config(options: dict[str, Any], *, sandbox: bool) -> RunConfig:
         batch_rows=options["batch_rows"],
         sandbox=sandbox,
         shard=shard,
-        state_dir=options["state_dir"],
+        state_dir=state_dir,
         **extra,
     )
 
@@ -725,7 +761,7 @@ def sandbox_command(host: str, port: int, **options: Any) -> None:
 
 
 @cli.command("changes")
-@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("out_dir", metavar="DIR|URL", type=_OutLocation(path_type=Path))
 @click.option(
     "--to", "to_date", metavar="YYYY-MM-DD", help="Default: the latest complete snapshot."
 )
@@ -741,15 +777,18 @@ def sandbox_command(host: str, port: int, **options: Any) -> None:
     default=None,
     help="Followers where nano, micro, mid, macro, mega start (1000,10000,50000,500000,1000000).",
 )
+@_state_dir_option("The runs' --state-dir, if they had one.")
 @_debug_option("Tracebacks on unexpected errors.")
-def changes_command(out_dir: Path, **options: Any) -> None:
+def changes_command(out_dir: Path | str, **options: Any) -> None:
     """Recompute DIR's profile_changes for one snapshot and list it in its manifest."""
     to_date, from_date, bounds = options["to_date"], options["from_date"], options["tier_bounds"]
+    out, state_dir = _out_and_state(out_dir, options["state_dir"])
     result = changes.rebuild(
-        out_dir,
+        out,
         parse_snapshot_date(to_date, option="--to") if to_date else None,
         parse_snapshot_date(from_date, option="--from") if from_date else None,
         tiers=changes.parse_tier_bounds(bounds) if bounds else DEFAULT_TIERS,
+        state_dir=state_dir,
     )
     baseline = result.baseline_date
     against = (
@@ -759,8 +798,22 @@ def changes_command(out_dir: Path, **options: Any) -> None:
     )
     click.echo(
         f"profile_changes {result.snapshot_date} {against}: {result.part.rows:,} rows, "
-        f"{result.flagged:,} flagged -> {out_dir / result.part.path}"
+        f"{result.flagged:,} flagged -> {_where(out_dir, result.part.path)}"
     )
+
+
+def _out_and_state(
+    out: Path | str, state_dir: Path | None
+) -> tuple[Path | storage.Store, Path | None]:
+    """A folder as it is; a URL as its store, with its checkpoints in the local cache folder
+    that ``run`` used for it (unless ``--state-dir`` says otherwise)."""
+    if isinstance(out, Path):
+        return out, state_dir
+    return storage.open_store(out), state_dir or storage.default_state_dir(out)
+
+
+def _where(out: Path | str, key: str) -> str:
+    return str(out / key) if isinstance(out, Path) else f"{out}/{key}"
 
 
 def _days(span: dt.timedelta) -> str:
@@ -827,7 +880,7 @@ With --check, exit codes:
 
 
 @cli.command("status", epilog=STATUS_EXIT_HELP)
-@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("out_dir", metavar="DIR|URL", type=_OutLocation(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
 @click.option(
     "--check",
@@ -862,9 +915,10 @@ With --check, exit codes:
     metavar="N",
     help="With --check: exit 6 over N failed ids (default: the run's verdict).",
 )
+@_state_dir_option("Where the runs kept their checkpoints, if not in DIR.")
 @_debug_option("Tracebacks on unexpected errors.")
 @click.pass_obj
-def status_command(obj: Seams | None, /, out_dir: Path, **options: Any) -> None:
+def status_command(obj: Seams | None, /, out_dir: Path | str, **options: Any) -> None:
     """What the output folder DIR holds, per snapshot date; safe while a run is going on."""
     seams = obj or Seams()
     for name in ("max_age", "max_failure_rate", "max_failures"):
@@ -875,7 +929,7 @@ def status_command(obj: Seams | None, /, out_dir: Path, **options: Any) -> None:
     max_age = status.DEFAULT_MAX_AGE
     if options["max_age"] is not None:
         max_age = status.parse_duration(options["max_age"])
-    found = status.read_status(out_dir)
+    found = status.read_status(*_out_and_state(out_dir, options["state_dir"]))
     verdict: str | CheckFailed | None = None
     if options["check"]:
         try:
@@ -904,7 +958,7 @@ def status_command(obj: Seams | None, /, out_dir: Path, **options: Any) -> None:
 
 
 @cli.command("report")
-@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("out_dir", metavar="DIR", type=_OutLocation(path_type=Path))
 @click.option(
     "--out",
     "out_file",
@@ -913,8 +967,13 @@ def status_command(obj: Seams | None, /, out_dir: Path, **options: Any) -> None:
     help=f"The HTML file to write. Default DIR/{REPORT_NAME}.",
 )
 @_debug_option("Tracebacks on unexpected errors.")
-def report_command(out_dir: Path, out_file: Path | None, **_options: Any) -> None:
+def report_command(out_dir: Path | str, out_file: Path | None, **_options: Any) -> None:
     """Write one self-contained HTML page about DIR: freshness, runs, outcomes, creators."""
+    if isinstance(out_dir, str):
+        raise UsageError(
+            f"report reads a local folder, not {out_dir}: copy the snapshots it shows there "
+            f"first (aws s3 sync {out_dir} DIR), then run xhs-profiles report DIR"
+        )
     written = write_report(out_dir, out_file)
     click.echo(
         f"report: {written.path} ({written.size:,} bytes, snapshot "

@@ -219,7 +219,7 @@ class ClusterResult:
     """Every shard of one ``--dask`` run, their sum and the combined exit code."""
 
     address: str
-    out_dir: Path
+    out_dir: Path | str  # the folder, or a remote OUT's URL
     snapshot_date: str
     shards: tuple[ShardResult, ...]
     duration_s: float = 0.0
@@ -240,7 +240,7 @@ class ClusterResult:
         ordered = tuple(sorted(shards, key=lambda s: s.shard.index))
         return cls(
             address=address,
-            out_dir=configs[0].out_dir,
+            out_dir=configs[0].out_url or configs[0].out_dir,
             snapshot_date=configs[0].snapshot_date.isoformat(),
             shards=ordered,
             duration_s=round(duration_s, 3),
@@ -356,7 +356,7 @@ def check_configs(configs: Sequence[RunConfig]) -> None:
     indexes = sorted(s.index for s in shards if s is not None)
     if len(counts) != 1 or len(set(indexes)) != len(indexes):
         raise UsageError("--dask: the shards must be distinct shards of one --shard-count")
-    if any(c.out_dir != first.out_dir or c.snapshot_date != first.snapshot_date for c in configs):
+    if any(c.out != first.out or c.snapshot_date != first.snapshot_date for c in configs):
         raise UsageError("--dask: every shard must write the same snapshot into the same --out")
 
 

@@ -82,6 +82,9 @@ class RunConfig:
     """Everything one run needs.  ``repr`` is safe to log: the token is a ``Secret``."""
 
     input_path: Path
+    # The output folder.  With ``out_url`` (a remote OUT) nothing of the output goes here: it
+    # is the run's local folder, for its checkpoint and temp files (the CLI makes it the
+    # --state-dir, by default a cache folder named by the URL).
     out_dir: Path
     token: Secret
     base_url: str = DEFAULT_BASE_URL
@@ -110,11 +113,17 @@ class RunConfig:
     max_body_bytes: int = 5 * 1024 * 1024
     sandbox: bool = False  # running against the built-in sandbox (set by the CLI, for messages)
     shard: Shard | None = None  # this run owns only the shard's ids; None: every id
-    # Where the checkpoint (SQLite) and its lock live; None: OUT/_state.
+    # Where the checkpoint (SQLite) and its lock live; None: OUT/_state (``out_dir`` itself
+    # for a remote OUT: SQLite needs a local disk).
     state_dir: Path | None = None
+    # A remote OUT: ``s3://bucket/prefix`` or another fsspec URL, canonical (no trailing slash,
+    # never credentials: the CLI checks it with ``storage.canonical_url``).
+    out_url: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_url", validate_base_url(self.base_url))
+        if self.out_url is not None and self.state_dir is None:
+            object.__setattr__(self, "state_dir", self.out_dir)
         if self.api_version not in API_VERSIONS:
             raise UsageError(f"--api-version must be one of {', '.join(API_VERSIONS)}")
         _at_least("--concurrency", self.concurrency, 1)
@@ -142,6 +151,11 @@ class RunConfig:
         _positive_seconds("backoff_cap", self.backoff_cap)
         if not self.token:
             raise UsageError(f"no API token: set {TOKEN_ENV} (or pass --token)")
+
+    @property
+    def out(self) -> str:
+        """Where the output goes, as messages and the run summary name it."""
+        return self.out_url if self.out_url is not None else str(self.out_dir)
 
     @property
     def endpoint_url(self) -> str:

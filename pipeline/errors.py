@@ -27,7 +27,9 @@ Hierarchy::
     │   ├── StaleSnapshot               exit 7: the newest complete snapshot is older than --max-age
     │   └── IncompleteSnapshot          exit 8: the expected snapshot is not complete
     ├── StorageError                    exit 5: output or state could not be written (disk full,
-    │                                   permissions); progress kept
+    │   │                               permissions, an object store refusing); progress kept
+    │   └── MissingFileError            a file asked for by name is not in OUT (readers that
+    │                                   treat "none yet" as an answer catch it)
     └── FetchError                      about one call for one id; never reaches the CLI
         ├── TransientError              retry later: 301, 500, 503, transport faults, bad bodies
         │   └── RateLimitedError        302: slow everyone down, retry without using an attempt
@@ -186,6 +188,10 @@ class StorageError(XhsProfilesError):
     """Writing Parquet, CSV, JSON or the SQLite state failed (disk full, permissions, I/O)."""
 
     exit_code = EXIT_STORAGE
+
+
+class MissingFileError(StorageError):
+    """A file of OUT read by name does not exist (a manifest not written yet, say)."""
 
 
 class FetchError(XhsProfilesError):

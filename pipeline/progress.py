@@ -348,15 +348,15 @@ def summary_rows(report: RunReport) -> list[tuple[str, str]]:
         ("retried", f"{req.retried:,}"),
         ("302s", f"{req.rate_limited:,}"),
         ("duration", f"{report.duration_s:.1f} s"),
-        ("files", f"{report.out} (parts: {tables})" if tables else str(report.out)),
+        ("files", f"{report.out} (parts: {tables})" if tables else report.out),
         (
             "failures.csv",
-            f"{report.out / report.failures_file} ({report.failures_rows:,} "
+            f"{report.where(report.failures_file)} ({report.failures_rows:,} "
             f"row{'s' * (report.failures_rows != 1)})",
         ),
     ]
     if report.summary_file:
-        rows.append(("run summary", str(report.out / report.summary_file)))
+        rows.append(("run summary", report.where(report.summary_file)))
     rows.append(("next step", next_step(report)))
     return rows
 

@@ -13,7 +13,6 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from pipeline.config import RunConfig
@@ -221,8 +220,15 @@ class RunReport:
         return self.config.snapshot_date
 
     @property
-    def out(self) -> Path:
-        return self.config.out_dir
+    def out(self) -> str:
+        """Where the output went: the folder, or the remote OUT's URL."""
+        return self.config.out
+
+    def where(self, key: str) -> str:
+        """A file of OUT (its key) as messages name it: its path, or its URL."""
+        if self.config.out_url is None:
+            return str(self.config.out_dir / key)
+        return f"{self.config.out_url}/{key}" if key else self.config.out_url
 
     def to_json(self) -> dict[str, Any]:
         """The ``_runs/<start>-<run id>.json`` object (a dry run writes none)."""
@@ -232,7 +238,7 @@ class RunReport:
             "tool_version": self.tool_version,
             "started_at": _seconds(self.started_at),
             "snapshot_date": config.snapshot_date.isoformat(),
-            "out": str(config.out_dir),
+            "out": config.out,
             "input": self.input.to_json(),
             "api": {"endpoint": config.endpoint_url, "sandbox": config.sandbox},
             "settings": {

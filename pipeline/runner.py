@@ -63,6 +63,7 @@ from pipeline.run_report import (
 from pipeline.schema import TABLES
 from pipeline.shards import Shard
 from pipeline.state import STATE_DIR, State, state_file_name
+from pipeline.storage import TMP_DIR, FsspecStore, LocalStore, Store, open_store
 from pipeline.timestamps import utcnow
 from pipeline.transport import env_proxy, make_transport
 
@@ -91,10 +92,14 @@ def run(
     # The sandbox's token is a public word, not a secret: masking it would mangle messages.
     events.bind(snapshot_date=config.snapshot_date, secret=None if config.sandbox else config.token)
     id_file = open_id_file(config.input_path, config.id_column)
-    _check_out_dir(config.out_dir)
-    _check_shard_layout(config)
+    store = open_output(config)
+    _check_out(config, store)
+    _check_shard_layout(config, store)
     with State.open(
-        config.out_dir, config.snapshot_date, shard=config.shard, state_dir=config.state_dir
+        config.out_url or config.out_dir,
+        config.snapshot_date,
+        shard=config.shard,
+        state_dir=config.state_dir,
     ) as state:
         report = RunReport(
             run_id=run_id or events.run_id or new_run_id(),
@@ -112,10 +117,10 @@ def run(
             events.emit("run.finished", _finished(report))
             return report
         requeued = state.requeue_retryable()
-        _recover(state, config)
+        _recover(state, config, store)
         pending = state.pending_count()
         report = dataclasses.replace(report, requeued_failures=requeued, pending_at_start=pending)
-        sink.clear_success(config.out_dir, config.snapshot_date, shard=config.shard)
+        sink.clear_success(store, config.snapshot_date, shard=config.shard)
         limiter = RateController(
             config.rate,
             max_in_flight=config.concurrency,
@@ -128,13 +133,13 @@ def run(
         try:
             if pending:
                 outcome = asyncio.run(
-                    _fetch(config, state, limiter, transport, progress, events, pending)
+                    _fetch(config, store, state, limiter, transport, progress, events, pending)
                 )
         finally:
             progress.stop()
             # Whatever stopped the fetch, what was paid for goes to Parquet now.
-            _flush(state, config, everything=True)
-        report = _finish(state, config, outcome, limiter, report, started)
+            _flush(state, config, store, everything=True)
+        report = _finish(state, config, store, outcome, limiter, report, started)
         events.emit("run.finished", _finished(report))
         return report
 
@@ -144,7 +149,7 @@ def _started(report: RunReport, ids: int) -> dict[str, Any]:
     return {
         "ids": ids,
         "requeued_failures": report.requeued_failures,
-        "out": str(config.out_dir),
+        "out": config.out,
         "input": str(config.input_path),
         "endpoint": config.endpoint_url,
         "sandbox": config.sandbox,
@@ -167,21 +172,22 @@ def _finished(report: RunReport) -> dict[str, Any]:
 def _finish(
     state: State,
     config: RunConfig,
+    store: Store,
     outcome: FetchOutcome,
     limiter: RateController,
     report: RunReport,
     started: float,
 ) -> RunReport:
     """Compact, rewrite failures.csv, and write the run summary (and, if complete, the manifest)."""
-    _compact(state, config)
-    _ensure_every_table_has_a_file(state, config)
-    failures_path, failures_rows = sink.write_failures(
-        config.out_dir, config.snapshot_date, state.iter_failures(), shard=config.shard
+    _compact(state, config, store)
+    _ensure_every_table_has_a_file(state, config, store)
+    failures_key, failures_rows = sink.write_failures(
+        store, config.snapshot_date, state.iter_failures(), shard=config.shard
     )
     counts = state.counts()
     complete = counts["pending"] == 0 and outcome.stopped_by is None
     if complete and config.shard is None:
-        changes.write(state, config.out_dir, config.snapshot_date)
+        changes.write(state, store, config.snapshot_date)
     permanent, transient = state.failure_kinds()
     snapshot = SnapshotCounts(
         **counts,
@@ -200,46 +206,46 @@ def _finish(
         rate_control=limiter.snapshot(),
         snapshot=snapshot,
         files={t.name: tuple(p.path for p in state.parts(t.name)) for t in TABLES},
-        failures_file=failures_path.relative_to(config.out_dir).as_posix(),
+        failures_file=failures_key,
         failures_rows=failures_rows,
         finished_at=utcnow(),
         duration_s=round(time.monotonic() - started, 3),
-        failure_check=_failure_check(config, snapshot) if complete else None,
+        failure_check=_failure_check(config, store, snapshot) if complete else None,
     )
     if complete and config.shard is not None:
-        report = _assemble(state, config, report, failures_rows)
+        report = _assemble(state, config, store, report, failures_rows)
     elif complete:
         crash_point("before_manifest")
         sink.write_manifest(
-            config.out_dir, config.snapshot_date, state.parts(), failures_rows, report.to_json()
+            store, config.snapshot_date, state.parts(), failures_rows, report.to_json()
         )
-    path = sink.write_run_summary(
-        config.out_dir, report.run_id, report.to_json(), shard=config.shard
-    )
-    return dataclasses.replace(report, summary_file=path.relative_to(config.out_dir).as_posix())
+    key = sink.write_run_summary(store, report.run_id, report.to_json(), shard=config.shard)
+    return dataclasses.replace(report, summary_file=key)
 
 
-def _assemble(state: State, config: RunConfig, report: RunReport, failures_rows: int) -> RunReport:
+def _assemble(
+    state: State, config: RunConfig, store: Store, report: RunReport, failures_rows: int
+) -> RunReport:
     """A shard with all its ids done: its manifest, then the snapshot's if it is the last."""
     assert config.shard is not None
     crash_point("before_manifest")
     sink.write_shard_manifest(
-        config.out_dir,
+        store,
         config.snapshot_date,
         config.shard,
         state.parts(),
         failures_rows,
         report.to_json(),
     )
-    assembly = assemble(config.out_dir, config.snapshot_date, config.shard)
+    assembly = assemble(store, config.snapshot_date, config.shard)
     return dataclasses.replace(
         report, shards_done=assembly.done, assembled=assembly.manifest is not None
     )
 
 
-def _failure_check(config: RunConfig, snapshot: SnapshotCounts) -> FailureCheck:
-    earlier = [d for d in sink.manifest_dates(config.out_dir) if d < config.snapshot_date]
-    previous = sink.read_manifest(config.out_dir, earlier[-1]) if earlier else None
+def _failure_check(config: RunConfig, store: Store, snapshot: SnapshotCounts) -> FailureCheck:
+    earlier = [d for d in sink.manifest_dates(store) if d < config.snapshot_date]
+    previous = sink.read_manifest(store, earlier[-1]) if earlier else None
     return FailureCheck(
         snapshot,
         max_failure_rate=config.max_failure_rate,
@@ -262,6 +268,7 @@ def _failure_rate_of(manifest: Mapping[str, Any] | None) -> float | None:
 
 async def _fetch(
     config: RunConfig,
+    store: Store,
     state: State,
     limiter: RateController,
     transport: httpx.AsyncBaseTransport | None,
@@ -276,7 +283,7 @@ async def _fetch(
         fetched_since_flush += 1
         if fetched_since_flush >= config.batch_rows:
             fetched_since_flush = 0
-            _flush(state, config)
+            _flush(state, config, store)
 
     if transport is None:
         transport = make_transport(concurrency=config.concurrency, proxy=env_proxy(config.base_url))
@@ -371,17 +378,17 @@ def _ingest(state: State, id_file: IdFile, shard: Shard | None) -> InputSummary:
     return dataclasses.replace(summary, counts=counts)
 
 
-def _recover(state: State, config: RunConfig) -> None:
+def _recover(state: State, config: RunConfig, store: Store) -> None:
     """Undo what a crash left half done: orphan parts out, stored bodies flushed again."""
     known = {part.path for part in state.parts()}
-    sink.remove_orphans(config.out_dir, config.snapshot_date, known, shard=config.shard)
-    _flush(state, config, everything=True)
+    sink.remove_orphans(store, config.snapshot_date, known, shard=config.shard)
+    _flush(state, config, store, everything=True)
 
 
-def _flush(state: State, config: RunConfig, *, everything: bool = False) -> None:
+def _flush(state: State, config: RunConfig, store: Store, *, everything: bool = False) -> None:
     while batch := state.fetched_batch(config.batch_rows):
         parts = [
-            sink.write_part(config.out_dir, table, config.snapshot_date, frame, shard=config.shard)
+            sink.write_part(store, table, config.snapshot_date, frame, shard=config.shard)
             for table, frame in flatten(batch).by_table()
             if frame.height
         ]
@@ -391,34 +398,30 @@ def _flush(state: State, config: RunConfig, *, everything: bool = False) -> None
             break
 
 
-def _compact(state: State, config: RunConfig) -> None:
+def _compact(state: State, config: RunConfig, store: Store) -> None:
     for table in TABLES:
         for group in sink.plan_compaction(state.parts(table.name), table.compact_rows):
-            merged = sink.compact(
-                config.out_dir, table, config.snapshot_date, group, shard=config.shard
-            )
+            merged = sink.compact(store, table, config.snapshot_date, group, shard=config.shard)
             state.replace_parts(group, [merged])
             crash_point("after_compact_swap")
-            sink.delete_parts(config.out_dir, group)
+            sink.delete_parts(store, group)
 
 
-def _ensure_every_table_has_a_file(state: State, config: RunConfig) -> None:
+def _ensure_every_table_has_a_file(state: State, config: RunConfig, store: Store) -> None:
     """A table with no rows still gets one empty, typed file, so readers' globs always match."""
     for table, frame in flatten([]).by_table():
         if not state.parts(table.name):
-            part = sink.write_part(
-                config.out_dir, table, config.snapshot_date, frame, shard=config.shard
-            )
+            part = sink.write_part(store, table, config.snapshot_date, frame, shard=config.shard)
             state.mark_written([], [part])
 
 
-def _check_shard_layout(config: RunConfig) -> None:
+def _check_shard_layout(config: RunConfig, store: Store) -> None:
     """One snapshot is written by one unsharded run or by N shards, never by a mix: an
     unsharded run would take the shards' parts for orphans, and shards of another count would
     own other ids (each would be fetched again)."""
     state_dir = config.state_dir or config.out_dir / STATE_DIR
     day = config.snapshot_date
-    counts = {s.count for s in sink.read_shard_manifests(config.out_dir, day)}
+    counts = {s.count for s in sink.read_shard_manifests(store, day)}
     counts |= {
         int(m.group(1))
         for p in state_dir.glob(f"dt={day.isoformat()}.shard-*-of-*.sqlite")
@@ -428,17 +431,17 @@ def _check_shard_layout(config: RunConfig) -> None:
     wanted = config.shard.count if config.shard is not None else None
     if config.shard is None and counts:
         raise UsageError(
-            f"snapshot {day} in {config.out_dir} is written by {_shards(counts)}: "
+            f"snapshot {day} in {config.out} is written by {_shards(counts)}: "
             f"run with --shard-count {max(counts)} and a --shard-index, or use another --out"
         )
     if config.shard is not None and unsharded:
         raise UsageError(
-            f"snapshot {day} in {config.out_dir} is written by an unsharded run: run it without "
+            f"snapshot {day} in {config.out} is written by an unsharded run: run it without "
             "--shard-count, or use another --out or --snapshot-date"
         )
     if wanted is not None and counts - {wanted}:
         raise UsageError(
-            f"snapshot {day} in {config.out_dir} is written by {_shards(counts - {wanted})}, "
+            f"snapshot {day} in {config.out} is written by {_shards(counts - {wanted})}, "
             f"not {wanted}: keep the shard count of a snapshot, or use another --out"
         )
 
@@ -448,6 +451,24 @@ def _shards(counts: set[int]) -> str:
 
 
 _SHARD_STATE: Final = re.compile(r"dt=\d{4}-\d{2}-\d{2}\.shard-\d+-of-(\d+)\.sqlite")
+
+
+def open_output(config: RunConfig) -> Store:
+    """The store of the run's OUT: its folder, or the remote URL, whose temp files are staged
+    in the local state folder."""
+    if config.out_url is None:
+        return LocalStore(config.out_dir)
+    assert config.state_dir is not None  # RunConfig gives a remote OUT one
+    return open_store(config.out_url, config.state_dir / TMP_DIR)
+
+
+def _check_out(config: RunConfig, store: Store) -> None:
+    """OUT can be written, or a one-line UsageError before anything is called: a folder is
+    made and a temp file tried in it; an object store gets one small object, put and removed."""
+    if isinstance(store, FsspecStore):
+        store.probe()
+    else:
+        _check_out_dir(config.out_dir)
 
 
 def _check_out_dir(out_dir: Path) -> None:

@@ -15,12 +15,19 @@ its temporary files in ``OUT/_tmp/shard-K-of-N/`` and, when its ids are done, wr
 the snapshot's manifest, failures.csv and ``_SUCCESS`` come once every shard is done
 (``assemble``).  A shard removes only its own orphans and temporary files.
 
+OUT is a ``storage.Store``: a local folder, or an object store (``s3://bucket/prefix``).
+Every function takes the store (or, as before stores existed, a folder's ``Path``) and
+addresses files by key, their path relative to OUT, as the state records parts.  Given a Path a
+function returns Paths, given a store it returns keys.
+
 Rules it follows:
 
-- Every file is written in ``OUT/_tmp`` (never in a partition folder, which readers scan),
-  fsynced, moved into place with ``os.replace`` and its folder fsynced: a reader or a crash sees
-  the old file or the new one, never half of one.  A file the state does not record is an orphan
-  of a crash and ``remove_orphans`` deletes it.
+- Every file is written whole to a temp file, never in a partition folder (which readers scan),
+  then put in place at once: in a folder, the temp file is in ``OUT/_tmp``, fsynced, moved into
+  place with ``os.replace`` and its folder fsynced; in an object store it is a local file,
+  uploaded with one put at its final key.  A reader or a crash sees the old file or the new
+  one, never half of one.  A file the state does not record is an orphan of a crash and
+  ``remove_orphans`` deletes it; readers follow the manifest, which never lists one.
 - Parquet is written by pyarrow from frames built with ``schema.TABLES``' schemas (checked here):
   zstd, statistics on, timestamps µs UTC, strings as UTF-8 byte arrays, never a Null-typed
   column, so polars, DuckDB, pyarrow, Spark and BigQuery read every file the same way.
@@ -31,17 +38,17 @@ Rules it follows:
 from __future__ import annotations
 
 import datetime as dt
-import errno
+import fnmatch
 import itertools
 import json
-import os
+import os  # noqa: F401  (the rename is storage's now; tests still patch os.replace as sink.os)
+import posixpath
 import re
 import secrets
-import shutil
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, overload
 
 import polars as pl
 import pyarrow as pa
@@ -49,10 +56,11 @@ import pyarrow.parquet as pq
 
 from pipeline.config import TOOL_VERSION
 from pipeline.crashpoints import crash_point
-from pipeline.errors import StorageError, XhsProfilesError
+from pipeline.errors import MissingFileError, StorageError, XhsProfilesError
 from pipeline.records import Failure, Part
 from pipeline.schema import FAILURE_COLUMNS, TABLES, TABLES_BY_NAME, Table
 from pipeline.shards import Shard
+from pipeline.storage import TMP_DIR, LocalStore, Store, atomic_write
 from pipeline.timestamps import iso_utc, utcnow
 
 # mimalloc, pyarrow's default pool, keeps what compaction reads (one part at a time) instead of
@@ -60,7 +68,6 @@ from pipeline.timestamps import iso_utc, utcnow
 # profiles, 186 MB with the system allocator), and peak memory must not grow with the ids.
 pa.set_memory_pool(pa.system_memory_pool())
 
-TMP_DIR: Final = "_tmp"
 # Rows per row group of a compacted file: small enough to keep compaction's memory flat.
 COMPACT_BATCH_ROWS: Final = 1000
 FAILURES_DIR: Final = "failures"
@@ -72,40 +79,74 @@ SUCCESS_FILE: Final = "_SUCCESS"
 MANIFEST_VERSION: Final = 1
 _FORMULA_PREFIXES: Final = ("=", "+", "-", "@", "\t", "\r")
 _RUN_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_WRITE_BUFFER: Final = 1 << 20
 # Part names: a token per process plus a counter, so two processes (a crashed run and its
 # resume) never pick the same name, and names sort in the order they were written.
 _PART_TOKEN: Final = secrets.token_hex(4)
 _part_seq = itertools.count(1)
 
 
+def partition_key(table: str, snapshot_date: dt.date) -> str:
+    return f"{table}/dt={snapshot_date.isoformat()}"
+
+
+def failures_key(snapshot_date: dt.date) -> str:
+    return f"{partition_key(FAILURES_DIR, snapshot_date)}/{FAILURES_FILE}"
+
+
+def manifest_key(snapshot_date: dt.date) -> str:
+    return f"{MANIFESTS_DIR}/dt={snapshot_date.isoformat()}.json"
+
+
+def shards_key(snapshot_date: dt.date) -> str:
+    return f"{SHARDS_DIR}/dt={snapshot_date.isoformat()}"
+
+
+def shard_manifest_key(snapshot_date: dt.date, shard: Shard) -> str:
+    return f"{shards_key(snapshot_date)}/manifest.{shard.label}.json"
+
+
+def shard_failures_key(snapshot_date: dt.date, shard: Shard) -> str:
+    return f"{shards_key(snapshot_date)}/failures.{shard.label}.csv"
+
+
 def partition_dir(out_dir: Path, table: str, snapshot_date: dt.date) -> Path:
-    return out_dir / table / f"dt={snapshot_date.isoformat()}"
+    return out_dir / partition_key(table, snapshot_date)
 
 
 def failures_path(out_dir: Path, snapshot_date: dt.date) -> Path:
-    return partition_dir(out_dir, FAILURES_DIR, snapshot_date) / FAILURES_FILE
+    return out_dir / failures_key(snapshot_date)
 
 
 def manifest_path(out_dir: Path, snapshot_date: dt.date) -> Path:
-    return out_dir / MANIFESTS_DIR / f"dt={snapshot_date.isoformat()}.json"
+    return out_dir / manifest_key(snapshot_date)
 
 
 def shards_dir(out_dir: Path, snapshot_date: dt.date) -> Path:
-    return out_dir / SHARDS_DIR / f"dt={snapshot_date.isoformat()}"
+    return out_dir / shards_key(snapshot_date)
 
 
 def shard_manifest_path(out_dir: Path, snapshot_date: dt.date, shard: Shard) -> Path:
-    return shards_dir(out_dir, snapshot_date) / f"manifest.{shard.label}.json"
+    return out_dir / shard_manifest_key(snapshot_date, shard)
 
 
 def shard_failures_path(out_dir: Path, snapshot_date: dt.date, shard: Shard) -> Path:
-    return shards_dir(out_dir, snapshot_date) / f"failures.{shard.label}.csv"
+    return out_dir / shard_failures_key(snapshot_date, shard)
 
 
 def tmp_dir(out_dir: Path, shard: Shard | None = None) -> Path:
     """Where temporary files go: ``OUT/_tmp``, a shard's own folder in it for a shard."""
     return out_dir / TMP_DIR / shard.label if shard is not None else out_dir / TMP_DIR
+
+
+def store_of(out: Store | Path, shard: Shard | None = None) -> Store:
+    """The store for ``out``, its temp files in the shard's own folder for a shard."""
+    store = LocalStore(out) if isinstance(out, Path) else out
+    return store.staging(shard.label) if shard is not None else store
+
+
+def _located(out: Store | Path, key: str) -> Path | str:
+    """What a writer returns: a Path when it was given a Path, else the key."""
+    return out / key if isinstance(out, Path) else key
 
 
 # ------------------------------------------------------------------------ Parquet parts
@@ -117,7 +158,7 @@ def arrow_schema(table: Table) -> pa.Schema:
 
 
 def write_part(
-    out_dir: Path,
+    out: Store | Path,
     table: Table,
     snapshot_date: dt.date,
     frame: pl.DataFrame,
@@ -132,10 +173,11 @@ def write_part(
     if frame.schema != table.schema:
         raise ValueError(f"frame does not match the {table.name} schema: {_diff(frame, table)}")
     data = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+    store = store_of(out, shard)
     if name is not None:
-        final = partition_dir(out_dir, table.name, snapshot_date) / name
+        key = f"{partition_key(table.name, snapshot_date)}/{name}"
     else:
-        final = _new_part_path(out_dir, table, snapshot_date, shard)
+        key = _new_part_key(store, table, snapshot_date, shard)
 
     def write(handle: IO[bytes]) -> None:
         pq.write_table(
@@ -143,8 +185,8 @@ def write_part(
         )
         crash_point("mid_part_write", half_written=handle)
 
-    _atomic_write(final, tmp_dir(out_dir, shard), write)
-    return Part(table.name, _relative(out_dir, final), frame.height)
+    store.write(key, write)
+    return Part(table.name, key, frame.height)
 
 
 def _parquet_options(table: Table) -> dict[str, Any]:
@@ -173,13 +215,13 @@ def _diff(frame: pl.DataFrame, table: Table) -> str:
     return "; ".join(problems) or "columns out of order"
 
 
-def _new_part_path(
-    out_dir: Path, table: Table, snapshot_date: dt.date, shard: Shard | None = None
-) -> Path:
-    folder = partition_dir(out_dir, table.name, snapshot_date)
+def _new_part_key(
+    store: Store, table: Table, snapshot_date: dt.date, shard: Shard | None = None
+) -> str:
+    folder = partition_key(table.name, snapshot_date)
     while True:
-        candidate = folder / f"{_part_prefix(shard)}{_PART_TOKEN}-{next(_part_seq):05d}.parquet"
-        if not candidate.exists():
+        candidate = f"{folder}/{_part_prefix(shard)}{_PART_TOKEN}-{next(_part_seq):05d}.parquet"
+        if not store.exists(candidate):
             return candidate
 
 
@@ -188,39 +230,26 @@ def _part_prefix(shard: Shard | None) -> str:
 
 
 def remove_orphans(
-    out_dir: Path, snapshot_date: dt.date, known: Collection[str], *, shard: Shard | None = None
+    out: Store | Path, snapshot_date: dt.date, known: Collection[str], *, shard: Shard | None = None
 ) -> list[str]:
-    """Delete the snapshot's parts the state does not record, and everything in OUT/_tmp.
+    """Delete the snapshot's parts the state does not record, and every leftover temp file
+    (``OUT/_tmp`` for a folder; the local staging folder of an object store).
 
-    A shard looks only at its own: parts named for it and its folder in OUT/_tmp.  Returns the
-    removed paths, relative to OUT.
+    A shard looks only at its own: parts named for it and its own temp folder.  Returns the
+    removed keys (a folder's temp files as keys too; an object store's as local paths).
     """
-    removed: list[str] = []
+    store = store_of(out, shard)
     pattern = f"{_part_prefix(shard)}*.parquet" if shard is not None else "*.parquet"
-    try:
-        for table in TABLES:
-            folder = partition_dir(out_dir, table.name, snapshot_date)
-            if not folder.is_dir():
-                continue
-            orphans = [
-                p for p in sorted(folder.glob(pattern)) if _relative(out_dir, p) not in known
-            ]
-            for orphan in orphans:
-                orphan.unlink()
-                removed.append(_relative(out_dir, orphan))
-            if orphans:
-                _fsync_dir(folder)
-        tmp = tmp_dir(out_dir, shard)
-        if tmp.is_dir():
-            for leftover in sorted(tmp.iterdir()):
-                if leftover.is_dir() and not leftover.is_symlink():
-                    shutil.rmtree(leftover)
-                else:
-                    leftover.unlink()
-                removed.append(_relative(out_dir, leftover))
-    except OSError as exc:
-        raise _storage_error(exc, Path(exc.filename or out_dir), "removing") from exc
-    return removed
+    removed: list[str] = []
+    for table in TABLES:
+        orphans = [
+            key
+            for key in store.listdir(partition_key(table.name, snapshot_date), ".parquet")
+            if fnmatch.fnmatchcase(posixpath.basename(key), pattern) and key not in known
+        ]
+        store.delete(orphans)
+        removed += orphans
+    return removed + store.clear_tmp()
 
 
 def plan_compaction(parts: Sequence[Part], target_rows: int) -> list[list[Part]]:
@@ -245,7 +274,7 @@ def plan_compaction(parts: Sequence[Part], target_rows: int) -> list[list[Part]]
 
 
 def compact(
-    out_dir: Path,
+    out: Store | Path,
     table: Table,
     snapshot_date: dt.date,
     group: Sequence[Part],
@@ -256,8 +285,9 @@ def compact(
     (``State.replace_parts``), then calls ``delete_parts`` on the old ones."""
     if not group or any(p.table != table.name for p in group):
         raise ValueError(f"compact needs parts of {table.name}, got {[p.path for p in group]}")
+    store = store_of(out, shard)
     schema = arrow_schema(table)
-    final = _new_part_path(out_dir, table, snapshot_date, shard)
+    key = _new_part_key(store, table, snapshot_date, shard)
     rows = 0
 
     def write(handle: IO[bytes]) -> None:
@@ -265,66 +295,63 @@ def compact(
         with pq.ParquetWriter(handle, schema, **_parquet_options(table)) as writer:
             for part in group:
                 # Batch by batch: reading whole parts made peak memory grow by ~100 MB.
-                for batch in _read_part(out_dir, part, schema):
+                for batch in _read_part(store, part, schema):
                     writer.write_batch(batch)
                     rows += batch.num_rows
 
-    _atomic_write(final, tmp_dir(out_dir, shard), write)
-    return Part(table.name, _relative(out_dir, final), rows)
+    store.write(key, write)
+    return Part(table.name, key, rows)
 
 
-def _read_part(out_dir: Path, part: Part, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    path = out_dir / part.path
+def _read_part(store: Store, part: Part, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    where = store.uri(part.path)
     try:
-        source = pq.ParquetFile(path)
+        source = pq.ParquetFile(store.arrow_path(part.path), filesystem=store.arrow_filesystem())
         if source.schema_arrow.names != schema.names:
             raise ValueError(
-                f"{path} has columns {source.schema_arrow.names}, expected {schema.names}"
+                f"{where} has columns {source.schema_arrow.names}, expected {schema.names}"
             )
         for batch in source.iter_batches(batch_size=COMPACT_BATCH_ROWS, use_threads=False):
             yield batch.cast(schema)
-    except OSError as exc:
-        raise _storage_error(exc, path, "reading") from exc
+    except store.errors as exc:
+        raise store.error(exc, part.path, "reading") from exc
     except pa.ArrowException as exc:
         raise StorageError(
-            f"cannot read {path} while compacting ({exc}); it is recorded in the state but "
+            f"cannot read {where} while compacting ({exc}); it is recorded in the state but "
             "damaged: move the snapshot's folders and state away and rerun"
         ) from exc
 
 
-def delete_parts(out_dir: Path, parts: Sequence[Part]) -> None:
-    folders: set[Path] = set()
-    for part in parts:
-        path = out_dir / part.path
-        try:
-            path.unlink(missing_ok=True)
-            if path.parent not in folders and path.parent.is_dir():
-                folders.add(path.parent)
-        except OSError as exc:
-            raise _storage_error(exc, path, "removing") from exc
-    for folder in sorted(folders):
-        try:
-            _fsync_dir(folder)
-        except OSError as exc:
-            raise _storage_error(exc, folder, "syncing") from exc
+def delete_parts(out: Store | Path, parts: Sequence[Part]) -> None:
+    """Remove the parts' files (gone already is fine); in a folder, each folder that lost one
+    is fsynced."""
+    store_of(out).delete([part.path for part in parts])
 
 
 # ------------------------------------------------------------------------ failures and JSON
 
 
+@overload
 def write_failures(
-    out_dir: Path,
+    out: Path, snapshot_date: dt.date, failures: Iterable[Failure], *, shard: Shard | None = None
+) -> tuple[Path, int]: ...
+@overload
+def write_failures(
+    out: Store, snapshot_date: dt.date, failures: Iterable[Failure], *, shard: Shard | None = None
+) -> tuple[str, int]: ...
+def write_failures(
+    out: Store | Path,
     snapshot_date: dt.date,
     failures: Iterable[Failure],
     *,
     shard: Shard | None = None,
-) -> tuple[Path, int]:
+) -> tuple[Path | str, int]:
     """Rewrite the snapshot's failures.csv from ``failures`` (header only when there are none);
     a shard's own failures file for a shard."""
-    final = (
-        shard_failures_path(out_dir, snapshot_date, shard)
+    key = (
+        shard_failures_key(snapshot_date, shard)
         if shard is not None
-        else failures_path(out_dir, snapshot_date)
+        else failures_key(snapshot_date)
     )
     rows = 0
 
@@ -348,8 +375,8 @@ def write_failures(
             handle.write(("\n".join(lines) + "\n").encode())
         crash_point("mid_failures_write", half_written=handle)
 
-    _atomic_write(final, tmp_dir(out_dir, shard), write)
-    return final, rows
+    store_of(out, shard).write(key, write)
+    return _located(out, key), rows
 
 
 def _csv_cell(text: str) -> str:
@@ -365,56 +392,92 @@ def _as_text(cell: str) -> str:
     return f"'{cell}" if cell.startswith(_FORMULA_PREFIXES) else cell
 
 
+@overload
 def write_manifest(
-    out_dir: Path,
+    out: Path,
     snapshot_date: dt.date,
     parts: Sequence[Part],
     failures_rows: int,
     summary: Mapping[str, object],
     *,
     shard: Shard | None = None,
-) -> Path:
+) -> Path: ...
+@overload
+def write_manifest(
+    out: Store,
+    snapshot_date: dt.date,
+    parts: Sequence[Part],
+    failures_rows: int,
+    summary: Mapping[str, object],
+    *,
+    shard: Shard | None = None,
+) -> str: ...
+def write_manifest(
+    out: Store | Path,
+    snapshot_date: dt.date,
+    parts: Sequence[Part],
+    failures_rows: int,
+    summary: Mapping[str, object],
+    *,
+    shard: Shard | None = None,
+) -> Path | str:
     """Write the manifest (the files that make the snapshot), then the ``_SUCCESS`` markers.
 
     From the last shard to finish (``shard``) it is the snapshot's manifest all the same; its
     temporary files go to the shard's own folder."""
-    payload = _manifest(out_dir, snapshot_date, parts, failures_rows, summary)
-    payload["failures"] = {
-        "path": _relative(out_dir, failures_path(out_dir, snapshot_date)),
-        "rows": failures_rows,
-    }
-    path = manifest_path(out_dir, snapshot_date)
-    write_json_atomic(path, payload, tmp_dir(out_dir, shard))
-    for folder in _success_folders(out_dir, snapshot_date):
-        _atomic_write(folder / SUCCESS_FILE, tmp_dir(out_dir, shard), lambda handle: None)
-    return path
+    store = store_of(out, shard)
+    payload = _manifest(snapshot_date, parts, failures_rows, summary)
+    payload["failures"] = {"path": failures_key(snapshot_date), "rows": failures_rows}
+    key = manifest_key(snapshot_date)
+    _write_json(store, key, payload)
+    for folder in _success_folders(snapshot_date):
+        store.write(f"{folder}/{SUCCESS_FILE}", lambda handle: None)
+    return _located(out, key)
 
 
+@overload
 def write_shard_manifest(
-    out_dir: Path,
+    out: Path,
     snapshot_date: dt.date,
     shard: Shard,
     parts: Sequence[Part],
     failures_rows: int,
     summary: Mapping[str, object],
-) -> Path:
+) -> Path: ...
+@overload
+def write_shard_manifest(
+    out: Store,
+    snapshot_date: dt.date,
+    shard: Shard,
+    parts: Sequence[Part],
+    failures_rows: int,
+    summary: Mapping[str, object],
+) -> str: ...
+def write_shard_manifest(
+    out: Store | Path,
+    snapshot_date: dt.date,
+    shard: Shard,
+    parts: Sequence[Part],
+    failures_rows: int,
+    summary: Mapping[str, object],
+) -> Path | str:
     """A shard's manifest: its files and failures, written when all its ids are done."""
-    payload = _manifest(out_dir, snapshot_date, parts, failures_rows, summary)
+    payload = _manifest(snapshot_date, parts, failures_rows, summary)
     payload["shard"] = {"index": shard.index, "count": shard.count}
-    payload["failures"] = {
-        "path": _relative(out_dir, shard_failures_path(out_dir, snapshot_date, shard)),
-        "rows": failures_rows,
-    }
-    path = shard_manifest_path(out_dir, snapshot_date, shard)
-    write_json_atomic(path, payload, tmp_dir(out_dir, shard))
-    return path
+    payload["failures"] = {"path": shard_failures_key(snapshot_date, shard), "rows": failures_rows}
+    key = shard_manifest_key(snapshot_date, shard)
+    _write_json(store_of(out, shard), key, payload)
+    return _located(out, key)
 
 
-def read_shard_manifests(out_dir: Path, snapshot_date: dt.date) -> dict[Shard, dict[str, Any]]:
+def read_shard_manifests(out: Store | Path, snapshot_date: dt.date) -> dict[Shard, dict[str, Any]]:
     """The readable shard manifests of a snapshot, by shard (any shard count)."""
+    store = store_of(out)
     found: dict[Shard, dict[str, Any]] = {}
-    for path in sorted(shards_dir(out_dir, snapshot_date).glob("manifest.shard-*.json")):
-        payload = _read_json(path)
+    for key in store.listdir(shards_key(snapshot_date), ".json"):
+        if not fnmatch.fnmatchcase(posixpath.basename(key), "manifest.shard-*.json"):
+            continue
+        payload = _read_json(store, key)
         shard = payload.get("shard") if payload is not None else None
         if payload is None or not isinstance(shard, dict):
             continue
@@ -426,9 +489,10 @@ def read_shard_manifests(out_dir: Path, snapshot_date: dt.date) -> dict[Shard, d
 
 
 def write_combined_failures(
-    out_dir: Path, snapshot_date: dt.date, sources: Sequence[str], shard: Shard | None = None
+    out: Store | Path, snapshot_date: dt.date, sources: Sequence[str], shard: Shard | None = None
 ) -> int:
     """The snapshot's failures.csv: the header once, then each source's rows in order."""
+    store = store_of(out, shard)
     header = (",".join(FAILURE_COLUMNS) + "\n").encode()
     rows = 0
 
@@ -436,25 +500,24 @@ def write_combined_failures(
         nonlocal rows
         handle.write(header)
         for source in sources:
-            with (out_dir / source).open("rb") as lines:
+            with store.open_input(source) as lines:
                 if lines.readline() != header:
-                    raise StorageError(f"{out_dir / source} is not a failures file of this tool")
+                    raise StorageError(f"{store.uri(source)} is not a failures file of this tool")
                 for line in lines:
                     handle.write(line)
                     rows += 1
 
     for source in sources:
-        if not (out_dir / source).is_file():
+        if not store.exists(source):
             raise StorageError(
-                f"{out_dir / source} is missing: rerun the shard that wrote it; nothing fetched "
+                f"{store.uri(source)} is missing: rerun the shard that wrote it; nothing fetched "
                 "is lost"
             )
-    _atomic_write(failures_path(out_dir, snapshot_date), tmp_dir(out_dir, shard), write)
+    store.write(failures_key(snapshot_date), write)
     return rows
 
 
 def _manifest(
-    out_dir: Path,
     snapshot_date: dt.date,
     parts: Sequence[Part],
     failures_rows: int,
@@ -485,65 +548,90 @@ def _manifest(
     return payload
 
 
-def rewrite_manifest(out_dir: Path, snapshot_date: dt.date, parts: Sequence[Part]) -> Path:
+@overload
+def rewrite_manifest(out: Path, snapshot_date: dt.date, parts: Sequence[Part]) -> Path: ...
+@overload
+def rewrite_manifest(out: Store, snapshot_date: dt.date, parts: Sequence[Part]) -> str: ...
+def rewrite_manifest(
+    out: Store | Path, snapshot_date: dt.date, parts: Sequence[Part]
+) -> Path | str:
     """Replace a complete snapshot's file lists with ``parts`` (its failures and summary stay),
     atomically: readers see the old manifest or the new one."""
-    manifest = read_manifest(out_dir, snapshot_date)
+    store = store_of(out)
+    manifest = read_manifest(store, snapshot_date)
     if manifest is None:
-        raise StorageError(f"{manifest_path(out_dir, snapshot_date)} is missing or unreadable")
+        raise StorageError(f"{store.uri(manifest_key(snapshot_date))} is missing or unreadable")
     failures = manifest.get("failures", {})
     rows = failures.get("rows", 0) if isinstance(failures, dict) else 0
-    return write_manifest(out_dir, snapshot_date, parts, rows, manifest.get("summary", {}))
+    write_manifest(store, snapshot_date, parts, rows, manifest.get("summary", {}))
+    return _located(out, manifest_key(snapshot_date))
 
 
-def read_manifest(out_dir: Path, snapshot_date: dt.date) -> dict[str, Any] | None:
+def read_manifest(out: Store | Path, snapshot_date: dt.date) -> dict[str, Any] | None:
     """The snapshot's manifest, or None when it has none (not complete) or it cannot be read."""
-    return _read_json(manifest_path(out_dir, snapshot_date))
+    return _read_json(store_of(out), manifest_key(snapshot_date))
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(store: Store, key: str) -> dict[str, Any] | None:
+    """A JSON object, or None when the file is missing or not one.  A folder's unreadable file
+    reads as missing, as it always did; an object store's failure is an error (a network
+    blip must not make a complete snapshot look incomplete)."""
     try:
-        payload = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
+        payload = json.loads(store.read_bytes(key).decode("utf-8"))
+    except MissingFileError:
+        return None
+    except StorageError:
+        if store.is_local:
+            return None
+        raise
+    except ValueError:
         return None
     return payload if isinstance(payload, dict) else None
 
 
-def manifest_dates(out_dir: Path) -> list[dt.date]:
+def manifest_dates(out: Store | Path) -> list[dt.date]:
     """The dates that have a manifest (complete snapshots), oldest first."""
     dates = []
-    for path in (out_dir / MANIFESTS_DIR).glob("dt=*.json"):
+    for key in store_of(out).listdir(MANIFESTS_DIR, ".json"):
+        name = posixpath.basename(key)
+        if not name.startswith("dt="):
+            continue
         try:
-            dates.append(dt.date.fromisoformat(path.name[3:-5]))
+            dates.append(dt.date.fromisoformat(name[3:-5]))
         except ValueError:
             continue  # not one of ours
     return sorted(dates)
 
 
-def clear_success(out_dir: Path, snapshot_date: dt.date, *, shard: Shard | None = None) -> None:
+def clear_success(out: Store | Path, snapshot_date: dt.date, *, shard: Shard | None = None) -> None:
     """Withdraw the snapshot's ``_SUCCESS`` markers and manifest before a run changes it (and
-    a shard's own manifest: the shard is no longer done)."""
-    targets = [folder / SUCCESS_FILE for folder in _success_folders(out_dir, snapshot_date)]
-    targets.append(manifest_path(out_dir, snapshot_date))
+    a shard's own manifest: the shard is no longer done).  One at a time, in this order: a
+    reader never sees a manifest whose markers are gone and it is not."""
+    store = store_of(out, shard)
+    targets = [f"{folder}/{SUCCESS_FILE}" for folder in _success_folders(snapshot_date)]
+    targets.append(manifest_key(snapshot_date))
     if shard is not None:
-        targets.insert(0, shard_manifest_path(out_dir, snapshot_date, shard))
+        targets.insert(0, shard_manifest_key(snapshot_date, shard))
     for target in targets:
-        try:
-            if target.exists():
-                target.unlink()
-                _fsync_dir(target.parent)
-        except OSError as exc:
-            raise _storage_error(exc, target, "removing") from exc
+        store.delete([target])
 
 
-def _success_folders(out_dir: Path, snapshot_date: dt.date) -> list[Path]:
+def _success_folders(snapshot_date: dt.date) -> list[str]:
     names = [t.name for t in TABLES] + [FAILURES_DIR]
-    return [partition_dir(out_dir, name, snapshot_date) for name in names]
+    return [partition_key(name, snapshot_date) for name in names]
 
 
+@overload
 def write_run_summary(
-    out_dir: Path, run_id: str, summary: Mapping[str, object], *, shard: Shard | None = None
-) -> Path:
+    out: Path, run_id: str, summary: Mapping[str, object], *, shard: Shard | None = None
+) -> Path: ...
+@overload
+def write_run_summary(
+    out: Store, run_id: str, summary: Mapping[str, object], *, shard: Shard | None = None
+) -> str: ...
+def write_run_summary(
+    out: Store | Path, run_id: str, summary: Mapping[str, object], *, shard: Shard | None = None
+) -> Path | str:
     """``OUT/_runs/<started_at>-<run_id>.json``; ``started_at`` comes from the summary (a
     datetime or an ISO-8601 string), else now."""
     if not _RUN_ID.fullmatch(run_id):
@@ -559,14 +647,23 @@ def write_run_summary(
     if started.tzinfo is None:
         started = started.replace(tzinfo=dt.UTC)
     stamp = started.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = out_dir / RUNS_DIR / f"{stamp}-{run_id}.json"
-    write_json_atomic(path, summary, tmp_dir(out_dir, shard))
-    return path
+    key = f"{RUNS_DIR}/{stamp}-{run_id}.json"
+    _write_json(store_of(out, shard), key, summary)
+    return _located(out, key)
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, object], tmp_dir: Path) -> None:
-    body = (json.dumps(payload, ensure_ascii=False, indent=2, default=_json_value) + "\n").encode()
-    _atomic_write(path, tmp_dir, lambda handle: handle.write(body))
+    """``payload`` as ``path`` in a folder, via a temp file in ``tmp_dir``."""
+    body = _json_bytes(payload)
+    atomic_write(path, tmp_dir, lambda handle: handle.write(body))
+
+
+def _write_json(store: Store, key: str, payload: Mapping[str, object]) -> None:
+    store.write_bytes(key, _json_bytes(payload))
+
+
+def _json_bytes(payload: Mapping[str, object]) -> bytes:
+    return (json.dumps(payload, ensure_ascii=False, indent=2, default=_json_value) + "\n").encode()
 
 
 def _json_value(value: object) -> object:
@@ -583,75 +680,3 @@ def _json_value(value: object) -> object:
     if isinstance(value, Mapping):
         return dict(value)
     raise TypeError(f"cannot write a {type(value).__name__} as JSON")
-
-
-# ------------------------------------------------------------------------ atomic files
-
-
-def _atomic_write(final: Path, tmp_dir: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write via a temp file in ``tmp_dir``, fsync it, rename it to ``final``, fsync the folder."""
-    tmp = tmp_dir / f"{final.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        _make_dirs(tmp_dir)
-        _make_dirs(final.parent)
-        with tmp.open("wb", buffering=_WRITE_BUFFER) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(final)
-        _fsync_dir(final.parent)
-    except OSError as exc:
-        _discard(tmp)
-        raise _storage_error(exc, final, "writing") from exc
-    except BaseException:
-        _discard(tmp)
-        raise
-
-
-def _discard(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        return  # a leftover in OUT/_tmp is removed by the next run's remove_orphans
-
-
-def _make_dirs(folder: Path) -> None:
-    """Create ``folder`` and its missing parents, fsyncing each parent so the entries survive."""
-    missing: list[Path] = []
-    cursor = folder
-    while not cursor.is_dir():
-        missing.append(cursor)
-        if cursor.parent == cursor:
-            break
-        cursor = cursor.parent
-    for path in reversed(missing):
-        path.mkdir(exist_ok=True)
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _relative(out_dir: Path, path: Path) -> str:
-    return path.relative_to(out_dir).as_posix()
-
-
-def _storage_error(exc: OSError, path: Path, doing: str) -> StorageError:
-    cause = exc.strerror or str(exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageError(
-            f"disk full while {doing} {path}: free space and rerun; nothing fetched is lost"
-        )
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StorageError(
-            f"permission denied while {doing} {path} ({cause}): make --out writable (or use "
-            "another --out) and rerun; nothing fetched is lost"
-        )
-    return StorageError(
-        f"error while {doing} {path} ({cause}): fix the cause and rerun; nothing fetched is lost"
-    )

@@ -12,8 +12,10 @@ One file per ``--out`` and snapshot date, ``OUT/_state/dt=YYYY-MM-DD.sqlite``.  
   with a keyset (``user_id > ?``) over the ``(status, user_id)`` index.
 - The file is versioned (``PRAGMA user_version``): older files are migrated in one transaction, a
   newer or foreign file is refused with ``StateVersionError``, never silently started over.
-- ``OUT/_state/lock`` is held with ``flock`` while a ``State`` is open, so two runs never share an
-  OUT (any date); the holder's pid is written in it for the message.
+- ``OUT/_state/lock`` (``--state-dir``'s when given; a remote OUT's is always local) is held
+  with ``flock`` while a ``State`` is open, so two runs never share an OUT (any date); the
+  holder's pid is written in it for the message.  (Two machines writing one remote OUT do not
+  see each other's lock: run one writer per OUT, or one per shard.)
 - sqlite3 and OS errors leave this module as ``StateError`` / ``StorageError`` (``raise ... from``).
 """
 
@@ -125,7 +127,7 @@ class State:
     path: Path
 
     def __init__(
-        self, path: Path, out_dir: Path, conn: sqlite3.Connection, locks: list[int]
+        self, path: Path, out_dir: Path | str, conn: sqlite3.Connection, locks: list[int]
     ) -> None:
         self.path = path
         self._out_dir = out_dir
@@ -137,7 +139,7 @@ class State:
     @classmethod
     def open(
         cls,
-        out_dir: Path,
+        out_dir: Path | str,
         snapshot_date: dt.date,
         *,
         shard: Shard | None = None,
@@ -148,8 +150,14 @@ class State:
         An unsharded run holds OUT's lock exclusively; a shard holds it shared (the shards of
         one OUT run side by side, and never beside an unsharded run) and its own shard's lock
         exclusively (two copies of one shard never run at once).
+
+        A remote OUT (``out_dir`` a URL, for messages) keeps its checkpoint in ``state_dir``, on
+        this machine: SQLite's locks and WAL need a local disk.
         """
-        state_dir = state_dir or out_dir / STATE_DIR
+        if state_dir is None:
+            if not isinstance(out_dir, Path):
+                raise ValueError(f"a remote OUT ({out_dir}) needs a local state_dir")
+            state_dir = out_dir / STATE_DIR
         path = state_dir / state_file_name(snapshot_date, shard)
         _make_state_dir(out_dir, state_dir)
         out_lock = _acquire_lock(out_dir, state_dir / LOCK_NAME, shared=shard is not None)
@@ -518,8 +526,8 @@ class State:
 # -------------------------------------------------------------------- opening helpers
 
 
-def _make_state_dir(out_dir: Path, state_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
+def _make_state_dir(out_dir: Path | str, state_dir: Path) -> None:
+    if isinstance(out_dir, Path) and out_dir.exists() and not out_dir.is_dir():
         raise StateError(f"--out {out_dir} is a file, not a folder; use another --out")
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -534,7 +542,7 @@ def state_file_name(snapshot_date: dt.date, shard: Shard | None = None) -> str:
 
 
 def _acquire_lock(
-    out_dir: Path, lock_path: Path, *, shared: bool = False, shard: Shard | None = None
+    out_dir: Path | str, lock_path: Path, *, shared: bool = False, shard: Shard | None = None
 ) -> int:
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -5,6 +5,9 @@ so it can run (from cron, a probe, a person) while a run is going on.  Per snaps
 file or a manifest): ids written, fetched, pending and failed (by code; permanent or transient),
 rejected input cells, whether it is complete (it has a manifest) and since when, the calls its
 runs spent and its last run, all from ``OUT/_state``, ``OUT/_manifests`` and ``OUT/_runs``.
+A remote OUT (``s3://...``) is read through its store, its checkpoints from the local state
+folder its runs used (``--state-dir``, else the cache folder named by the URL); a machine that
+never ran it has none, and the manifests and run summaries say what they can.
 ``check`` is a pure function of that record and the clock: an ok line, or a ``CheckFailed``.
 
 Reading the SQLite state beside a running writer (SQLite >= 3.22 reads WAL files read-only):
@@ -53,6 +56,7 @@ from pipeline.errors import (
     CODE_NO_RESPONSE,
     FailureThresholdExceeded,
     IncompleteSnapshot,
+    MissingFileError,
     StaleSnapshot,
     StateError,
     StateVersionError,
@@ -61,6 +65,7 @@ from pipeline.errors import (
 from pipeline.run_report import FailureCheck, SnapshotCounts
 from pipeline.shards import Shard
 from pipeline.state import SCHEMA_VERSION, STATE_DIR
+from pipeline.storage import LocalStore, RemoteStorageError, Store
 from pipeline.timestamps import iso_utc
 
 DEFAULT_MAX_AGE: Final = dt.timedelta(hours=26)  # a daily run, plus two hours of slack
@@ -252,8 +257,12 @@ class SnapshotStatus:
 
 @dataclass(frozen=True, slots=True)
 class OutStatus:
-    out: Path
+    out: Path | str  # the folder, or a remote OUT's URL
     snapshots: tuple[SnapshotStatus, ...]  # oldest first
+
+    def where(self, name: str) -> str:
+        """A folder of OUT as messages name it."""
+        return str(self.out / name) if isinstance(self.out, Path) else f"{self.out}/{name}"
 
     def snapshot(self, date: dt.date) -> SnapshotStatus | None:
         return next((s for s in self.snapshots if s.date == date), None)
@@ -327,7 +336,7 @@ def check(
         raise StaleSnapshot(
             f"snapshot {snap.date} completed {_duration(age)} ago, more than --max-age "
             f"{_limit(max_age)}: check that the scheduled run starts and finishes "
-            f"(its summaries are in {status.out / sink.RUNS_DIR})"
+            f"(its summaries are in {status.where(sink.RUNS_DIR)})"
         )
     over = _failure_verdict(status, snap, max_failure_rate, max_failures)
     if over is not None:
@@ -391,21 +400,39 @@ def _limit(span: dt.timedelta) -> str:
 # ------------------------------------------------------------------------ reading OUT
 
 
-def read_status(out_dir: Path) -> OutStatus:
-    """Every snapshot date of ``out_dir``, read without the lock and without writing."""
-    _require_output_folder(out_dir)
-    states = _state_files(out_dir)
-    completed = set(sink.manifest_dates(out_dir))
-    runs = _read_runs(out_dir)
+def read_status(out: Path | Store, state_dir: Path | None = None) -> OutStatus:
+    """Every snapshot date of ``out``, read without the lock and without writing.
+
+    The checkpoints are read from ``state_dir`` (default ``OUT/_state``; a remote OUT has its
+    own on this machine, and none when this machine never ran it: then the manifests and run
+    summaries say what they can).
+    """
+    if isinstance(out, Path):
+        _require_output_folder(out)
+        store: Store = LocalStore(out)
+        state_dir = state_dir or out / STATE_DIR
+    else:
+        store = out
+    try:
+        return _read_status(store, state_dir)
+    except RemoteStorageError as exc:
+        raise StateError(f"cannot read {store.display}: {exc.problem}: {exc.advice}") from exc
+
+
+def _read_status(store: Store, state_dir: Path | None) -> OutStatus:
+    states = _state_files(state_dir) if state_dir is not None else {}
+    completed = set(sink.manifest_dates(store))
+    runs = _read_runs(store)
     snapshots = []
     for date in sorted(states.keys() | completed):
-        manifest = _read_json(sink.manifest_path(out_dir, date)) if date in completed else None
+        key = sink.manifest_key(date)
+        manifest = _read_json(store, key) if date in completed else None
         paths = states.get(date, {})
         state = paths.get(None)
         if state is not None:
             counts = _read_state(state, date)
         elif paths:
-            counts = _of_shards(out_dir, date, paths)
+            counts = _of_shards(store, date, paths)
         else:
             counts = _of_manifest(date, manifest)
         of_date = runs.get(date, [])
@@ -413,16 +440,24 @@ def read_status(out_dir: Path) -> OutStatus:
             dataclasses.replace(
                 counts,
                 complete=manifest is not None,
-                completed_at=_completed_at(out_dir, date, manifest),
+                completed_at=_completed_at(store, key, manifest),
                 calls=sum(r.calls for r in of_date),
                 runs=len(of_date),
                 # File names start with the UTC start time: the last one is the latest run.
                 last_run=max(of_date, key=lambda r: r.file, default=None),
                 recorded_check=_recorded_check(date, manifest),
-                state_file=None if state is None else state.relative_to(out_dir).as_posix(),
+                state_file=None if state is None else _state_name(store, state),
             )
         )
-    return OutStatus(out_dir, tuple(snapshots))
+    out = store.root if isinstance(store, LocalStore) else store.display
+    return OutStatus(out, tuple(snapshots))
+
+
+def _state_name(store: Store, path: Path) -> str:
+    """A state file as status names it: relative to OUT when it is in OUT, else its path."""
+    if isinstance(store, LocalStore) and path.is_relative_to(store.root):
+        return path.relative_to(store.root).as_posix()
+    return str(path)
 
 
 def _require_output_folder(out_dir: Path) -> None:
@@ -441,11 +476,11 @@ def _require_output_folder(out_dir: Path) -> None:
         raise _unreadable(exc, out_dir) from exc
 
 
-def _state_files(out_dir: Path) -> dict[dt.date, dict[Shard | None, Path]]:
+def _state_files(state_dir: Path) -> dict[dt.date, dict[Shard | None, Path]]:
     """Each date's state files: the unsharded one under None, else one per shard."""
     found: dict[dt.date, dict[Shard | None, Path]] = {}
     try:
-        for path in (out_dir / STATE_DIR).glob("dt=*.sqlite"):  # not the -wal / -shm files
+        for path in state_dir.glob("dt=*.sqlite"):  # not the -wal / -shm files
             match = _STATE_FILE.fullmatch(path.name)
             if match is None:
                 continue  # not one of ours
@@ -456,7 +491,7 @@ def _state_files(out_dir: Path) -> dict[dt.date, dict[Shard | None, Path]]:
                 continue
             found.setdefault(date, {})[shard] = path
     except OSError as exc:
-        raise _unreadable(exc, out_dir / STATE_DIR) from exc
+        raise _unreadable(exc, state_dir) from exc
     return found
 
 
@@ -465,9 +500,9 @@ _STATE_FILE: Final = re.compile(
 )
 
 
-def _of_shards(out_dir: Path, date: dt.date, paths: Mapping[Shard | None, Path]) -> SnapshotStatus:
+def _of_shards(store: Store, date: dt.date, paths: Mapping[Shard | None, Path]) -> SnapshotStatus:
     """A sharded snapshot: each shard's state, added up."""
-    done = sink.read_shard_manifests(out_dir, date)
+    done = sink.read_shard_manifests(store, date)
     parts: list[tuple[Shard, SnapshotStatus]] = [
         (shard, _read_state(path, date))
         for shard, path in sorted(paths.items(), key=lambda kv: kv[0].index if kv[0] else -1)
@@ -488,7 +523,7 @@ def _of_shards(out_dir: Path, date: dt.date, paths: Mapping[Shard | None, Path])
                 written=counts.written,
                 pending=counts.pending + counts.fetched,
                 failed=counts.failed,
-                state_file=paths[shard].relative_to(out_dir).as_posix(),
+                state_file=_state_name(store, paths[shard]),
             )
             for shard, counts in parts
         ),
@@ -596,16 +631,14 @@ def _of_manifest(date: dt.date, manifest: Mapping[str, Any] | None) -> SnapshotS
     )
 
 
-def _completed_at(
-    out_dir: Path, date: dt.date, manifest: Mapping[str, Any] | None
-) -> dt.datetime | None:
+def _completed_at(store: Store, key: str, manifest: Mapping[str, Any] | None) -> dt.datetime | None:
     if manifest is None:
         return None
     moment = _moment(manifest.get("created_at"))
-    if moment is not None:
+    if moment is not None or not isinstance(store, LocalStore):
         return moment
     try:  # a manifest without a readable created_at: when it was written
-        mtime = sink.manifest_path(out_dir, date).stat().st_mtime
+        mtime = store.path(key).stat().st_mtime
     except OSError:
         return None
     return dt.datetime.fromtimestamp(mtime, dt.UTC)
@@ -627,15 +660,19 @@ def _recorded_check(date: dt.date, manifest: Mapping[str, Any] | None) -> Record
     return RecordedCheck(exceeded, judged.max_failure_rate, judged.max_failures, judged.message())
 
 
-def _read_runs(out_dir: Path) -> dict[dt.date, list[RunInfo]]:
+def _read_runs(store: Store) -> dict[dt.date, list[RunInfo]]:
     """The finished runs by snapshot date (a dry run writes no summary)."""
     by_date: dict[dt.date, list[RunInfo]] = {}
-    try:
-        files = sorted((out_dir / sink.RUNS_DIR).glob("*.json"))
-    except OSError as exc:
-        raise _unreadable(exc, out_dir / sink.RUNS_DIR) from exc
-    for path in files:
-        summary = _read_json(path)
+    if isinstance(store, LocalStore):
+        folder = store.root / sink.RUNS_DIR
+        try:
+            keys = [store.key_of(path) for path in sorted(folder.glob("*.json"))]
+        except OSError as exc:
+            raise _unreadable(exc, folder) from exc
+    else:
+        keys = store.listdir(sink.RUNS_DIR, ".json")
+    for key in keys:
+        summary = _read_json(store, key)
         if summary is None:
             continue  # not a summary of ours: it must not make monitoring fail
         try:
@@ -645,7 +682,7 @@ def _read_runs(out_dir: Path) -> dict[dt.date, list[RunInfo]]:
         by_date.setdefault(date, []).append(
             RunInfo(
                 run_id=str(summary.get("run_id", "?")),
-                file=path.relative_to(out_dir).as_posix(),
+                file=key,
                 started_at=_moment(summary.get("started_at")),
                 finished_at=_moment(summary.get("finished_at")),
                 outcome=str(summary.get("outcome", "?")),
@@ -656,15 +693,23 @@ def _read_runs(out_dir: Path) -> dict[dt.date, list[RunInfo]]:
     return by_date
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(store: Store, key: str) -> dict[str, Any] | None:
     """A JSON object, or None when the file is gone (a run just withdrew a manifest) or is not
     a JSON object; an unreadable file is an error, not a missing one (it would read as stale)."""
     try:
-        payload = json.loads(path.read_bytes())
-    except FileNotFoundError:
+        if isinstance(store, LocalStore):
+            path = store.path(key)
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise _unreadable(exc, path) from exc
+        else:
+            data = store.read_bytes(key)
+        payload = json.loads(data)
+    except MissingFileError:
         return None
-    except OSError as exc:
-        raise _unreadable(exc, path) from exc
     except ValueError:
         return None
     return payload if isinstance(payload, dict) else None

@@ -2,7 +2,8 @@
 
 ``sandbox`` is a factory: ``sandbox(**options) -> Sandbox`` starts a fake Just One API on
 127.0.0.1 (options as ``SandboxConfig.from_options`` takes them, strings or values, or a ready
-``config=``) and stops every sandbox it started when the test ends.  Tests never reach a
+``config=``) and stops every sandbox it started when the test ends.  ``moto_server`` and ``s3``
+(``tests/s3server.py``) are an S3 API on 127.0.0.1 and a bucket in it.  Tests never reach a
 non-loopback address.
 """
 
@@ -16,6 +17,9 @@ import pytest
 from hypothesis import settings
 
 from pipeline.sandbox import Sandbox, SandboxConfig
+from tests.s3server import moto_server, s3
+
+__all__ = ["moto_server", "s3"]  # fixtures, registered by being imported here
 
 # `make test` (CI too) runs the property tests on a fixed sequence of examples, so a red run can
 # be replayed and a green commit stays green; `make fuzz` draws new examples every run.
