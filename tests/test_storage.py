@@ -24,7 +24,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import storage
+from pipeline import storage, storage_local
 from pipeline.errors import MissingFileError, StorageError, UsageError
 from pipeline.redaction import mask
 from pipeline.storage import FsspecStore, LocalStore, Store, default_state_dir, open_store
@@ -233,9 +233,11 @@ def test_a_local_delete_fsyncs_each_folder_that_lost_a_file(
     local.write_bytes("a/x", b"1")
     local.write_bytes("b/y", b"2")
     synced: list[str] = []
-    real_fsync_dir = storage.fsync_dir
+    real_fsync_dir = storage_local.fsync_dir
     monkeypatch.setattr(
-        storage, "fsync_dir", lambda folder: synced.append(folder.name) or real_fsync_dir(folder)
+        storage_local,
+        "fsync_dir",
+        lambda folder: synced.append(folder.name) or real_fsync_dir(folder),
     )
     local.delete(["a/x", "b/y", "c/never"])
     assert synced == ["a", "b"]
