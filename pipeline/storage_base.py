@@ -9,6 +9,7 @@ Shared here: the temp folder's name, the write buffer, a local OSError worded as
 from __future__ import annotations
 
 import errno
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -115,3 +116,19 @@ def masked_detail(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     text = mask(text)
     return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
+
+
+def empty_folder(folder: Path) -> list[Path]:
+    """Delete everything in the local ``folder`` (a crash's temp files), returning what went."""
+    removed: list[Path] = []
+    try:
+        if folder.is_dir():
+            for leftover in sorted(folder.iterdir()):
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
+                removed.append(leftover)
+    except OSError as exc:
+        raise storage_error(exc, Path(exc.filename or folder), "removing") from exc
+    return removed

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
@@ -21,6 +20,7 @@ from pipeline.storage_base import (
     WRITE_BUFFER,
     Store,
     discard,
+    empty_folder,
     masked_detail,
     storage_error,
 )
@@ -99,18 +99,7 @@ class LocalStore(Store):
                 raise storage_error(exc, folder, "syncing") from exc
 
     def clear_tmp(self) -> list[str]:
-        removed: list[str] = []
-        try:
-            if self.tmp_dir.is_dir():
-                for leftover in sorted(self.tmp_dir.iterdir()):
-                    if leftover.is_dir() and not leftover.is_symlink():
-                        shutil.rmtree(leftover)
-                    else:
-                        leftover.unlink()
-                    removed.append(self.key_of(leftover))
-        except OSError as exc:
-            raise storage_error(exc, Path(exc.filename or self.tmp_dir), "removing") from exc
-        return removed
+        return [self.key_of(path) for path in empty_folder(self.tmp_dir)]
 
     def uri(self, key: str) -> str:
         return str(self.path(key))

@@ -23,7 +23,6 @@ import importlib
 import logging
 import posixpath
 import secrets
-import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
@@ -34,8 +33,8 @@ from pipeline.storage_base import (
     WRITE_BUFFER,
     Store,
     discard,
+    empty_folder,
     masked_detail,
-    storage_error,
 )
 
 S3_EXTRA_HINT: Final = "pip install 'xhs-profiles[s3]' (or uv sync --extra s3)"
@@ -158,18 +157,7 @@ class FsspecStore(Store):
         a probe of OUT, killed between its write and its removal, leaves an empty object)."""
         probes = [k for k in self.listdir(TMP_DIR) if k.startswith(f"{TMP_DIR}/{_PROBE}")]
         self.delete(probes)
-        removed: list[str] = list(probes)
-        try:
-            if self.tmp_dir.is_dir():
-                for leftover in sorted(self.tmp_dir.iterdir()):
-                    if leftover.is_dir() and not leftover.is_symlink():
-                        shutil.rmtree(leftover)
-                    else:
-                        leftover.unlink()
-                    removed.append(str(leftover))
-        except OSError as exc:
-            raise storage_error(exc, Path(exc.filename or self.tmp_dir), "removing") from exc
-        return removed
+        return [*probes, *(str(path) for path in empty_folder(self.tmp_dir))]
 
     def arrow_filesystem(self) -> Any:
         from pyarrow import fs

@@ -32,13 +32,14 @@ from click.testing import CliRunner, Result
 
 from pipeline import cluster, runner
 from pipeline.cli import Seams, cli
-from pipeline.config import RunConfig, Secret
+from pipeline.config import RunConfig
 from pipeline.crashpoints import ENV as CRASH_ENV
 from pipeline.schema import TABLES
 from pipeline.shards import Shard
 from pipeline.storage import default_state_dir
 from tests.helpers import QUICK_START, make_id, write_ids
 from tests.s3server import S3, SECRET_KEY, Dataset
+from tests.test_runner import config_for as runner_config_for
 
 REPO = Path(__file__).resolve().parents[1]
 SNAPSHOT = "2026-11-28"
@@ -51,24 +52,11 @@ FAST = Seams(config_overrides={"backoff_base": 0.005, "backoff_cap": 0.05, **QUI
 
 
 def remote_config(s3: S3, ids_csv: Path, base_url: str, **overrides: Any) -> RunConfig:
+    """test_runner's config, into the bucket: ``out_dir`` is then the local state folder."""
     state = overrides.pop("state_dir", s3.tmp / "state")
-    options: dict[str, Any] = {
-        "input_path": ids_csv,
-        "out_dir": state,
-        "out_url": s3.url("out"),
-        "state_dir": state,
-        "token": Secret("sandbox"),
-        "base_url": base_url,
-        "snapshot_date": DAY,
-        "concurrency": 8,
-        "max_attempts": 3,
-        "timeout": 5.0,
-        "backoff_base": 0.01,
-        "backoff_cap": 0.05,
-        **QUICK_START,
-    }
-    options.update(overrides)
-    return RunConfig(**options)
+    return runner_config_for(
+        base_url, ids_csv, state, out_url=s3.url("out"), state_dir=state, **overrides
+    )
 
 
 def assert_every_id_once(data: Dataset, ids: list[str]) -> None:
