@@ -292,7 +292,9 @@ class ClusterResult:
             f"exit {self.exit_code}"
         )
         req, snap = self.requests, self.snapshot
-        last = next((s.shard.label for s in self.shards if s.assembled), None)
+        # Two shards that finish at the same moment may both commit (the same files, at the
+        # same names): name each.
+        last = " and ".join(s.shard.label for s in self.shards if s.assembled)
         committed = f"  (snapshot committed by {last})" if last else "  (snapshot not committed)"
         uncounted = " (not counting the calls of attempts whose worker died)" if retried else ""
         return [

@@ -369,7 +369,9 @@ def test_four_shards_survive_a_killed_worker_and_write_every_id_once(
         assert shard.attempts == (2 if shard.key in retried else 1)
         assert shard.resumed == (shard.key in retried)
     assert "retried by Dask: attempt 2, after its worker died" in "\n".join(result.lines())
-    assert sum(s.assembled for s in result.shards) == 1  # the last to finish committed it
+    # The last to finish committed it; two finishing at the same moment both may, writing the
+    # same files at the same names (assert_one_combined_snapshot below checks the result).
+    assert sum(s.assembled for s in result.shards) >= 1
     assert result.snapshot["written"] == 2000 and result.snapshot["pending"] == 0
 
     by_manifest, by_glob = dataset_ids(out)
@@ -411,7 +413,7 @@ def test_the_command_line_runs_shards_on_a_scheduler(
         *(shard_line.format(k=k, n=len(mine[k])) for k in range(2)),
         rf"snapshot {SNAPSHOT}: 200 profiles, 0 failed, 0 pending",
         r"these runs: 200 calls, 200 fetched, 0 failed, 0 retried, 0 rate-limited, \d+\.\d s",
-        rf"output: {re.escape(str(out))}  \(snapshot committed by shard-[01]-of-2\)",
+        rf"output: {re.escape(str(out))}  \(snapshot committed by shard-[01]-of-2( and shard-1-of-2)?\)",
     ]
     lines = result.stdout.splitlines()
     assert len(lines) == len(expected)
