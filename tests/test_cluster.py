@@ -413,7 +413,8 @@ def test_the_command_line_runs_shards_on_a_scheduler(
         *(shard_line.format(k=k, n=len(mine[k])) for k in range(2)),
         rf"snapshot {SNAPSHOT}: 200 profiles, 0 failed, 0 pending",
         r"these runs: 200 calls, 200 fetched, 0 failed, 0 retried, 0 rate-limited, \d+\.\d s",
-        rf"output: {re.escape(str(out))}  \(snapshot committed by shard-[01]-of-2( and shard-1-of-2)?\)",
+        rf"output: {re.escape(str(out))}  "
+        r"\(snapshot committed by shard-[01]-of-2( and shard-1-of-2)?\)",
     ]
     lines = result.stdout.splitlines()
     assert len(lines) == len(expected)
