@@ -59,6 +59,7 @@ def success_markers(out: Path) -> list[str]:
 # ------------------------------------------------------------------------------ who owns an id
 
 
+@pytest.mark.slow
 def test_an_id_lands_in_the_same_shard_in_every_process() -> None:
     """Unlike ``hash()``, salted per process: two interpreters with other seeds agree."""
     code = (
