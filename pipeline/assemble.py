@@ -55,10 +55,6 @@ class Assembly:
     count: int
     manifest: Path | str | None  # a Path for a folder given as one, else the manifest's key
 
-    @property
-    def waiting_for(self) -> tuple[int, ...]:
-        return tuple(k for k in range(self.count) if k not in self.done)
-
 
 def assemble(out: Store | Path, snapshot_date: dt.date, shard: Shard) -> Assembly:
     """Commit the snapshot if every shard of ``shard.count`` has its manifest; else wait."""
@@ -107,14 +103,13 @@ def assemble(out: Store | Path, snapshot_date: dt.date, shard: Shard) -> Assembl
 def combined_summary(manifests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The snapshot manifest's summary: the shards' counts added up, and each shard's run."""
     runs = [m.get("summary", {}) for m in manifests]
-    snapshot: dict[str, Any] = {k: sum(_int(r.get("snapshot", {}), k) for r in runs) for k in
-                                _SNAPSHOT_COUNTS}  # fmt: skip
+    snapshot: dict[str, Any] = add_up(runs, "snapshot", _SNAPSHOT_COUNTS)
     codes: dict[str, int] = {}
     for run in runs:
         for code, n in (run.get("snapshot", {}).get("failures_by_code") or {}).items():
             codes[code] = codes.get(code, 0) + int(n)
     snapshot["failures_by_code"] = dict(sorted(codes.items(), key=lambda kv: int(kv[0])))
-    request_keys = dict.fromkeys(k for r in runs for k in (r.get("requests") or {}))
+    request_keys = tuple(dict.fromkeys(k for r in runs for k in (r.get("requests") or {})))
     started = min((r["started_at"] for r in runs if isinstance(r.get("started_at"), str)),
                   default=None)  # fmt: skip
     finished = max((r["finished_at"] for r in runs if isinstance(r.get("finished_at"), str)),
@@ -127,7 +122,7 @@ def combined_summary(manifests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "outcome": "completed",
         "exit_code": max((_int(r, "exit_code") for r in runs), default=0),
         "complete": True,
-        "requests": {k: sum(_int(r.get("requests", {}), k) for r in runs) for k in request_keys},
+        "requests": add_up(runs, "requests", request_keys),
         "snapshot": snapshot,
         "shards": [
             {
@@ -143,6 +138,14 @@ def combined_summary(manifests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             for i, r in enumerate(runs)
         ],
     }
+
+
+def add_up(
+    summaries: Sequence[Mapping[str, Any]], section: str, names: Sequence[str]
+) -> dict[str, int]:
+    """The ``names`` counts of each run summary's ``section``, added up (absent or not a
+    whole number: 0)."""
+    return {n: sum(_int(r.get(section), n) for r in summaries) for n in names}
 
 
 def _fingerprint(manifests: Sequence[Mapping[str, Any]]) -> str:

@@ -50,6 +50,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
 
+from pipeline.assemble import add_up
 from pipeline.config import RunConfig
 from pipeline.errors import (
     EXIT_BUDGET,
@@ -238,6 +239,7 @@ class ClusterResult:
         allowed_failures: int | None = None,
     ) -> ClusterResult:
         ordered = tuple(sorted(shards, key=lambda s: s.shard.index))
+        summaries = [s.summary or {} for s in ordered]
         return cls(
             address=address,
             out_dir=configs[0].out_url or configs[0].out_dir,
@@ -245,8 +247,8 @@ class ClusterResult:
             shards=ordered,
             duration_s=round(duration_s, 3),
             allowed_failures=allowed_failures,
-            requests={n: sum(s.count("requests", n) for s in ordered) for n in _COUNTS},
-            snapshot={n: sum(s.count("snapshot", n) for s in ordered) for n in _SNAPSHOT},
+            requests=add_up(summaries, "requests", _COUNTS),
+            snapshot=add_up(summaries, "snapshot", _SNAPSHOT),
         )
 
     @property
